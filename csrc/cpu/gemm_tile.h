@@ -1,0 +1,254 @@
+// The CPU GEMM engine of the fused ops. Every product the ops need has the form
+//
+//   C(r, c) = sum_k A(r, k) * B(k, c),   A(r, k) = a_rows[r][a_offsets[k]],
+//                                        B(k, c) = b_rows[k][c]
+//
+// with A read one scalar at a time (broadcast) and B read as contiguous vectors.
+// Because rows are reached through pointer tables and A's columns through an
+// offset table, a channel shuffle on either operand is only a different table:
+// nothing shuffled is ever materialized.
+#pragma once
+
+#include "simd.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace shufflenet_ops::cpu {
+
+template <typename T>
+struct GemmOperands {
+  const T* const* a_rows;
+  const int64_t* a_offsets;
+  const T* const* b_rows;
+  int64_t depth;
+  // B rows may be read up to the next multiple of the vector width (packed,
+  // zero-padded weights); otherwise a ragged last column block is copied first.
+  bool b_rows_padded = false;
+};
+
+// Register tile: kTileRows rows of A by kTileVectors vectors of B columns,
+// sized to leave a register for the B vectors and one for the broadcast.
+inline constexpr int kTileVectors = 3;
+inline constexpr int kTileRows = kVectorRegisters >= 32 ? 8 : 4;
+
+// Accumulates a rows x (vectors * lanes) tile starting at B column b_col into
+// `tile` (row stride kTileVectors * lanes), overwriting it.
+template <typename T, int Rows, int Vectors>
+inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_col,
+                            acc_t<T>* tile) {
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  V acc[Rows][Vectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v) acc[r][v] = V{};
+  const T* const* a_rows = g.a_rows + row0;
+  for (int64_t k = 0; k < g.depth; ++k) {
+    const T* b = g.b_rows[k] + b_col;
+    V bv[Vectors];
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v) bv[v] = load_vec(b + v * L);
+    const int64_t a_offset = g.a_offsets[k];
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      const acc_t<T> a = load_scalar(a_rows[r] + a_offset);
+#pragma GCC unroll 3
+      for (int v = 0; v < Vectors; ++v) acc[r][v] += a * bv[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v)
+      std::memcpy(tile + r * kTileVectors * L + v * L, &acc[r][v], sizeof(V));
+}
+
+template <typename T, int Vectors>
+inline void accumulate_rows(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t b_col,
+                            acc_t<T>* tile) {
+  static_assert(kTileRows == 8 || kTileRows == 4, "tile row dispatch below covers 4 and 8");
+  switch (rows) {
+    case 1: return accumulate_tile<T, 1, Vectors>(g, row0, b_col, tile);
+    case 2: return accumulate_tile<T, 2, Vectors>(g, row0, b_col, tile);
+    case 3: return accumulate_tile<T, 3, Vectors>(g, row0, b_col, tile);
+    case 4: return accumulate_tile<T, 4, Vectors>(g, row0, b_col, tile);
+    case 5: return accumulate_tile<T, (kTileRows > 4 ? 5 : 4), Vectors>(g, row0, b_col, tile);
+    case 6: return accumulate_tile<T, (kTileRows > 4 ? 6 : 4), Vectors>(g, row0, b_col, tile);
+    case 7: return accumulate_tile<T, (kTileRows > 4 ? 7 : 4), Vectors>(g, row0, b_col, tile);
+    default: return accumulate_tile<T, kTileRows, Vectors>(g, row0, b_col, tile);
+  }
+}
+
+// Where and how a finished tile is written: out(r, c) goes to
+// out_rows[r][c] (contiguous columns) or out_rows[r][col_offsets[c]], after
+// adding row_bias[r] or col_bias[c] and an optional ReLU.
+template <typename T>
+struct TileStore {
+  T* const* out_rows;
+  const int64_t* col_offsets = nullptr;
+  const acc_t<T>* row_bias = nullptr;
+  const acc_t<T>* col_bias = nullptr;
+  bool relu = false;
+};
+
+template <typename T>
+inline void store_tile(const TileStore<T>& s, int64_t row0, int64_t rows, int64_t col0,
+                       int64_t cols, const acc_t<T>* tile) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  constexpr int64_t ld = kTileVectors * L;
+  for (int64_t r = 0; r < rows; ++r) {
+    const A* t = tile + r * ld;
+    T* out = s.out_rows[row0 + r];
+    const A row_bias = s.row_bias ? s.row_bias[row0 + r] : A(0);
+    if (s.col_offsets == nullptr) {
+      for (int64_t c = 0; c < cols; c += L) {
+        V v;
+        std::memcpy(&v, t + c, sizeof v);
+        v += row_bias;
+        if (s.col_bias) v += load_vec_partial(s.col_bias + col0 + c, std::min<int64_t>(L, cols - c));
+        if (s.relu) v = v > A(0) ? v : V{};
+        if (cols - c >= L) {
+          store_vec(out + col0 + c, v);
+        } else {
+          store_vec_partial(out + col0 + c, v, cols - c);
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        A v = t[c] + row_bias + (s.col_bias ? s.col_bias[col0 + c] : A(0));
+        if (s.relu) v = v > A(0) ? v : A(0);
+        store_scalar(out + s.col_offsets[col0 + c], v);
+      }
+    }
+  }
+}
+
+// C = A * B for `rows` x [col_begin, col_end), each finished tile handed to
+// `store(row0, rows, col0, cols, tile)`.
+template <typename T, typename Store>
+void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col_end,
+          const Store& store) {
+  constexpr int L = kLanes<T>;
+  constexpr int64_t block = kTileVectors * L;
+  alignas(64) acc_t<T> tile[kTileRows * kTileVectors * L];
+  std::vector<T> padded;
+  std::vector<const T*> padded_rows;
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += block) {
+    const int64_t cols = std::min(block, col_end - col0);
+    const int vectors = static_cast<int>((cols + L - 1) / L);
+    GemmOperands<T> panel = g;
+    int64_t b_col = col0;
+    if (cols % L != 0 && !g.b_rows_padded) {
+      padded.assign(g.depth * vectors * L, T(0));
+      padded_rows.resize(g.depth);
+      for (int64_t k = 0; k < g.depth; ++k) {
+        std::memcpy(padded.data() + k * vectors * L, g.b_rows[k] + col0, cols * sizeof(T));
+        padded_rows[k] = padded.data() + k * vectors * L;
+      }
+      panel.b_rows = padded_rows.data();
+      b_col = 0;
+    }
+    for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) {
+      const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
+      switch (vectors) {
+        case 1: accumulate_rows<T, 1>(panel, row0, tile_rows, b_col, tile); break;
+        case 2: accumulate_rows<T, 2>(panel, row0, tile_rows, b_col, tile); break;
+        default: accumulate_rows<T, 3>(panel, row0, tile_rows, b_col, tile); break;
+      }
+      store(row0, tile_rows, col0, cols, tile);
+    }
+  }
+}
+
+// The second form, for products that reduce along the contiguous dimension
+// (grad_weight of NCHW tensors):
+//
+//   out(r, c) += sum_{n, p} a_rows[r][n * a_sample_stride + p] * b_rows[c][n * b_sample_stride + p]
+//
+// over the flattened pixel range [q_begin, q_end), q = n * pixels + p.
+template <typename T>
+struct RowDotOperands {
+  const T* const* a_rows;
+  const T* const* b_rows;
+  int64_t pixels;
+  int64_t a_sample_stride;
+  int64_t b_sample_stride;
+};
+
+inline constexpr int kDotRows = kVectorRegisters >= 32 ? 4 : 2;
+inline constexpr int kDotCols = 4;
+
+template <typename T, int Rows, int Cols>
+inline void accumulate_row_dots(const RowDotOperands<T>& g, int64_t row0, int64_t col0,
+                                int64_t q_begin, int64_t q_end, acc_t<T>* out, int64_t ld) {
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  V acc[Rows][Cols];
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Cols; ++c) acc[r][c] = V{};
+  int64_t q = q_begin;
+  while (q < q_end) {
+    const int64_t n = q / g.pixels;
+    const int64_t p_begin = q - n * g.pixels;
+    const int64_t p_end = std::min(g.pixels, p_begin + (q_end - q));
+    const T* a[Rows];
+    const T* b[Cols];
+    for (int r = 0; r < Rows; ++r) a[r] = g.a_rows[row0 + r] + n * g.a_sample_stride;
+    for (int c = 0; c < Cols; ++c) b[c] = g.b_rows[col0 + c] + n * g.b_sample_stride;
+    int64_t p = p_begin;
+    for (; p + L <= p_end; p += L) {
+      V av[Rows], bv[Cols];
+      for (int r = 0; r < Rows; ++r) av[r] = load_vec(a[r] + p);
+      for (int c = 0; c < Cols; ++c) bv[c] = load_vec(b[c] + p);
+      for (int r = 0; r < Rows; ++r)
+        for (int c = 0; c < Cols; ++c) acc[r][c] += av[r] * bv[c];
+    }
+    if (p < p_end) {
+      V av[Rows], bv[Cols];
+      for (int r = 0; r < Rows; ++r) av[r] = load_vec_partial(a[r] + p, p_end - p);
+      for (int c = 0; c < Cols; ++c) bv[c] = load_vec_partial(b[c] + p, p_end - p);
+      for (int r = 0; r < Rows; ++r)
+        for (int c = 0; c < Cols; ++c) acc[r][c] += av[r] * bv[c];
+    }
+    q += p_end - p_begin;
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Cols; ++c) out[(row0 + r) * ld + col0 + c] += horizontal_sum(acc[r][c]);
+}
+
+template <typename T, int Rows>
+inline void accumulate_row_dots_cols(const RowDotOperands<T>& g, int64_t row0, int64_t col0,
+                                     int64_t cols, int64_t q_begin, int64_t q_end, acc_t<T>* out,
+                                     int64_t ld) {
+  static_assert(kDotCols == 4, "column dispatch below covers 1..4");
+  switch (cols) {
+    case 1: return accumulate_row_dots<T, Rows, 1>(g, row0, col0, q_begin, q_end, out, ld);
+    case 2: return accumulate_row_dots<T, Rows, 2>(g, row0, col0, q_begin, q_end, out, ld);
+    case 3: return accumulate_row_dots<T, Rows, 3>(g, row0, col0, q_begin, q_end, out, ld);
+    default: return accumulate_row_dots<T, Rows, 4>(g, row0, col0, q_begin, q_end, out, ld);
+  }
+}
+
+// out[r * ld + c] += the row dots for all rows x cols over [q_begin, q_end).
+template <typename T>
+void row_dots(const RowDotOperands<T>& g, int64_t rows, int64_t cols, int64_t q_begin,
+              int64_t q_end, acc_t<T>* out, int64_t ld) {
+  for (int64_t row0 = 0; row0 < rows; row0 += kDotRows) {
+    const int64_t tile_rows = std::min<int64_t>(kDotRows, rows - row0);
+    for (int64_t col0 = 0; col0 < cols; col0 += kDotCols) {
+      const int64_t tile_cols = std::min<int64_t>(kDotCols, cols - col0);
+      if (tile_rows == kDotRows) {
+        accumulate_row_dots_cols<T, kDotRows>(g, row0, col0, tile_cols, q_begin, q_end, out, ld);
+      } else {
+        for (int64_t r = row0; r < row0 + tile_rows; ++r)
+          accumulate_row_dots_cols<T, 1>(g, r, col0, tile_cols, q_begin, q_end, out, ld);
+      }
+    }
+  }
+}
+
+}  // namespace shufflenet_ops::cpu

@@ -1,0 +1,435 @@
+// CPU kernels of the fused pointwise group convolution, forward and backward.
+//
+// Group j of the convolution reads input channels in_channel[j * K + k] and
+// writes output channels out_channel[j * M + m] (K = C_in / groups,
+// M = C_out / groups); both tables fold the channel shuffles into the
+// addressing, so the forward pass and all three gradients read and write the
+// user's tensors directly.
+//
+// NCHW tensors are handled channel-major (GEMM rows are channels, vectors run
+// over pixels); channels_last tensors pixel-major (rows are pixels, vectors
+// run over channels). Other strides are made dense in the suggested format.
+#include "../kernels/shuffle_index.h"
+#include "../validation.h"
+#include "gemm_tile.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <numeric>
+#include <vector>
+
+namespace shufflenet_ops::cpu {
+namespace {
+
+constexpr const char* kOp = "pointwise_group_conv (CPU)";
+
+void check_cpu_dtype(const at::Tensor& t) {
+  check_dtype_supported(kOp, t, {at::kFloat, at::kDouble, at::kBFloat16});
+}
+
+bool is_channels_last(const at::Tensor& t) {
+  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// Where group j's operands live, shuffles folded in.
+struct ChannelTables {
+  std::vector<int64_t> in_channel;   // [C_in]: input channel read as shuffled channel c
+  std::vector<int64_t> out_channel;  // [C_out]: output channel written for conv channel c
+
+  explicit ChannelTables(const ConvProblem& p) : in_channel(p.in_channels), out_channel(p.out_channels) {
+    for (int64_t c = 0; c < p.in_channels; ++c)
+      in_channel[c] = shuffle_source_channel(c, p.input_shuffle, p.in_channels);
+    for (int64_t c = 0; c < p.out_channels; ++c)
+      out_channel[c] = shuffle_destination_channel(c, p.output_shuffle, p.out_channels);
+  }
+};
+
+std::vector<int64_t> iota(int64_t n, int64_t step = 1) {
+  std::vector<int64_t> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = i * step;
+  return v;
+}
+
+int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
+
+// Pixel columns per task on the channel-major path and pixel rows per task on
+// the pixel-major path: enough work to amortize the pointer tables.
+template <typename T>
+constexpr int64_t kColumnChunk = 4 * kTileVectors * kLanes<T>;
+constexpr int64_t kPixelChunk = 64;
+
+template <typename T>
+std::vector<acc_t<T>> to_acc(const std::optional<at::Tensor>& bias) {
+  std::vector<acc_t<T>> out;
+  if (!bias.has_value()) return out;
+  const at::Tensor b = bias->contiguous();
+  const T* data = b.const_data_ptr<T>();
+  out.resize(b.numel());
+  for (int64_t i = 0; i < b.numel(); ++i) out[i] = load_scalar(data + i);
+  return out;
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T* x, const T* w,
+                           const acc_t<T>* bias, bool relu, T* y) {
+  const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
+  const int64_t chunks = (HW + kColumnChunk<T> - 1) / kColumnChunk<T>;
+  std::vector<const T*> weight_rows(p.out_channels);
+  for (int64_t c = 0; c < p.out_channels; ++c) weight_rows[c] = w + c * K;
+  const std::vector<int64_t> depth_offsets = iota(K);
+  at::parallel_for(0, p.batch * p.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> input_rows(K);
+    std::vector<T*> output_rows(M);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task % chunks, j = task / chunks % p.groups, n = task / chunks / p.groups;
+      for (int64_t k = 0; k < K; ++k)
+        input_rows[k] = x + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
+      for (int64_t m = 0; m < M; ++m)
+        output_rows[m] = y + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
+      const GemmOperands<T> g{weight_rows.data() + j * M, depth_offsets.data(), input_rows.data(), K};
+      TileStore<T> store{output_rows.data()};
+      store.row_bias = bias ? bias + j * M : nullptr;
+      store.relu = relu;
+      const int64_t col0 = chunk * kColumnChunk<T>;
+      gemm(g, M, col0, std::min(HW, col0 + kColumnChunk<T>),
+           [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
+             store_tile(store, r0, rows, c0, cols, tile);
+           });
+    }
+  });
+}
+
+template <typename T>
+void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* x, const T* w,
+                         const acc_t<T>* bias, bool relu, T* y) {
+  const int64_t K = p.in_per_group(), M = p.out_per_group();
+  const int64_t total_pixels = p.batch * p.pixels();
+  // Weights transposed to [groups][K][M_padded]: the vector operand.
+  const int64_t M_padded = round_up(M, kLanes<T>);
+  std::vector<T> packed(p.groups * K * M_padded, T(0));
+  for (int64_t j = 0; j < p.groups; ++j)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) packed[(j * K + k) * M_padded + m] = w[(j * M + m) * K + k];
+  std::vector<const T*> packed_rows(p.groups * K);
+  for (int64_t r = 0; r < p.groups * K; ++r) packed_rows[r] = packed.data() + r * M_padded;
+  const bool contiguous_out = p.output_shuffle == 1;
+  const int64_t chunks = (total_pixels + kPixelChunk - 1) / kPixelChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> pixel_rows(kPixelChunk);
+    std::vector<T*> output_rows(kPixelChunk);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t q0 = chunk * kPixelChunk, rows = std::min(kPixelChunk, total_pixels - q0);
+      for (int64_t r = 0; r < rows; ++r) pixel_rows[r] = x + (q0 + r) * p.in_channels;
+      for (int64_t j = 0; j < p.groups; ++j) {
+        for (int64_t r = 0; r < rows; ++r)
+          output_rows[r] = y + (q0 + r) * p.out_channels + (contiguous_out ? j * M : 0);
+        GemmOperands<T> g{pixel_rows.data(), t.in_channel.data() + j * K,
+                          packed_rows.data() + j * K, K};
+        g.b_rows_padded = true;
+        TileStore<T> store{output_rows.data()};
+        store.col_offsets = contiguous_out ? nullptr : t.out_channel.data() + j * M;
+        store.col_bias = bias ? bias + j * M : nullptr;
+        store.relu = relu;
+        gemm(g, rows, 0, M,
+             [&](int64_t r0, int64_t nrows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
+               store_tile(store, r0, nrows, c0, cols, tile);
+             });
+      }
+    }
+  });
+}
+
+at::Tensor pointwise_group_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                    const std::optional<at::Tensor>& bias, int64_t groups,
+                                    int64_t input_shuffle, int64_t output_shuffle, bool relu) {
+  const ConvProblem p =
+      check_pointwise_group_conv(x_in, weight_in, bias, groups, input_shuffle, output_shuffle);
+  check_cpu_dtype(x_in);
+  const at::MemoryFormat format = x_in.suggest_memory_format();
+  at::Tensor y = at::empty({p.batch, p.out_channels, p.height, p.width},
+                           x_in.options().memory_format(format));
+  if (y.numel() == 0) return y;
+  const at::Tensor x = x_in.contiguous(format);
+  const at::Tensor weight = weight_in.contiguous();
+  const ChannelTables tables(p);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "pointwise_group_conv_cpu", [&] {
+    const std::vector<acc_t<scalar_t>> b = to_acc<scalar_t>(bias);
+    const acc_t<scalar_t>* bias_data = b.empty() ? nullptr : b.data();
+    if (is_channels_last(y)) {
+      forward_pixel_major<scalar_t>(p, tables, x.const_data_ptr<scalar_t>(),
+                                    weight.const_data_ptr<scalar_t>(), bias_data, relu,
+                                    y.mutable_data_ptr<scalar_t>());
+    } else {
+      forward_channel_major<scalar_t>(p, tables, x.const_data_ptr<scalar_t>(),
+                                      weight.const_data_ptr<scalar_t>(), bias_data, relu,
+                                      y.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------- grad_input
+
+template <typename T>
+void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, const T* gy,
+                              const T* w, T* gx) {
+  const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
+  // Weights transposed to [groups][K][M]: row k of group j is the broadcast operand.
+  std::vector<T> transposed(p.groups * K * M);
+  for (int64_t j = 0; j < p.groups; ++j)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) transposed[(j * K + k) * M + m] = w[(j * M + m) * K + k];
+  std::vector<const T*> transposed_rows(p.groups * K);
+  for (int64_t r = 0; r < p.groups * K; ++r) transposed_rows[r] = transposed.data() + r * M;
+  const std::vector<int64_t> depth_offsets = iota(M);
+  const int64_t chunks = (HW + kColumnChunk<T> - 1) / kColumnChunk<T>;
+  at::parallel_for(0, p.batch * p.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> grad_rows(M);
+    std::vector<T*> output_rows(K);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task % chunks, j = task / chunks % p.groups, n = task / chunks / p.groups;
+      for (int64_t m = 0; m < M; ++m)
+        grad_rows[m] = gy + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
+      for (int64_t k = 0; k < K; ++k)
+        output_rows[k] = gx + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
+      const GemmOperands<T> g{transposed_rows.data() + j * K, depth_offsets.data(), grad_rows.data(), M};
+      const TileStore<T> store{output_rows.data()};
+      const int64_t col0 = chunk * kColumnChunk<T>;
+      gemm(g, K, col0, std::min(HW, col0 + kColumnChunk<T>),
+           [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
+             store_tile(store, r0, rows, c0, cols, tile);
+           });
+    }
+  });
+}
+
+template <typename T>
+void grad_input_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* gy, const T* w,
+                            T* gx) {
+  const int64_t K = p.in_per_group(), M = p.out_per_group();
+  const int64_t total_pixels = p.batch * p.pixels();
+  // Weight rows padded to [C_out][K_padded]: row m of group j is the vector operand.
+  const int64_t K_padded = round_up(K, kLanes<T>);
+  std::vector<T> padded(p.out_channels * K_padded, T(0));
+  for (int64_t c = 0; c < p.out_channels; ++c)
+    std::copy(w + c * K, w + (c + 1) * K, padded.data() + c * K_padded);
+  std::vector<const T*> padded_rows(p.out_channels);
+  for (int64_t c = 0; c < p.out_channels; ++c) padded_rows[c] = padded.data() + c * K_padded;
+  const bool contiguous_out = p.input_shuffle == 1;
+  const int64_t chunks = (total_pixels + kPixelChunk - 1) / kPixelChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> grad_rows(kPixelChunk);
+    std::vector<T*> output_rows(kPixelChunk);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t q0 = chunk * kPixelChunk, rows = std::min(kPixelChunk, total_pixels - q0);
+      for (int64_t r = 0; r < rows; ++r) grad_rows[r] = gy + (q0 + r) * p.out_channels;
+      for (int64_t j = 0; j < p.groups; ++j) {
+        for (int64_t r = 0; r < rows; ++r)
+          output_rows[r] = gx + (q0 + r) * p.in_channels + (contiguous_out ? j * K : 0);
+        GemmOperands<T> g{grad_rows.data(), t.out_channel.data() + j * M,
+                          padded_rows.data() + j * M, M};
+        g.b_rows_padded = true;
+        TileStore<T> store{output_rows.data()};
+        store.col_offsets = contiguous_out ? nullptr : t.in_channel.data() + j * K;
+        gemm(g, rows, 0, K,
+             [&](int64_t r0, int64_t nrows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
+               store_tile(store, r0, nrows, c0, cols, tile);
+             });
+      }
+    }
+  });
+}
+
+at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weight_in,
+                          int64_t groups, int64_t input_shuffle, int64_t output_shuffle) {
+  const ConvProblem p =
+      check_grad_input(grad_out_in, weight_in, groups, input_shuffle, output_shuffle);
+  check_cpu_dtype(grad_out_in);
+  const at::MemoryFormat format = grad_out_in.suggest_memory_format();
+  at::Tensor gx = at::empty({p.batch, p.in_channels, p.height, p.width},
+                            grad_out_in.options().memory_format(format));
+  if (gx.numel() == 0) return gx;
+  if (p.out_channels == 0) return gx.zero_();
+  const at::Tensor gy = grad_out_in.contiguous(format);
+  const at::Tensor weight = weight_in.contiguous();
+  const ChannelTables tables(p);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gy.scalar_type(), "grad_input_cpu", [&] {
+    if (is_channels_last(gx)) {
+      grad_input_pixel_major<scalar_t>(p, tables, gy.const_data_ptr<scalar_t>(),
+                                       weight.const_data_ptr<scalar_t>(),
+                                       gx.mutable_data_ptr<scalar_t>());
+    } else {
+      grad_input_channel_major<scalar_t>(p, tables, gy.const_data_ptr<scalar_t>(),
+                                         weight.const_data_ptr<scalar_t>(),
+                                         gx.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return gx;
+}
+
+// ---------------------------------------------------------------- grad_weight
+
+// The reduction over N * H * W is split into a fixed number of slices, chosen
+// from the problem size alone, and the partial sums are added in slice order:
+// the result does not depend on the thread count or scheduling.
+constexpr int64_t kPixelsPerSlice = 2048;
+constexpr int64_t kMaxSlices = 32;
+
+template <typename T>
+void grad_weight_slice_channel_major(const ConvProblem& p, const ChannelTables& t, const T* gy,
+                                     const T* x, int64_t j, int64_t q0, int64_t q1,
+                                     acc_t<T>* partial) {
+  const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
+  std::vector<const T*> grad_rows(M), input_rows(K);
+  for (int64_t m = 0; m < M; ++m) grad_rows[m] = gy + t.out_channel[j * M + m] * HW;
+  for (int64_t k = 0; k < K; ++k) input_rows[k] = x + t.in_channel[j * K + k] * HW;
+  const RowDotOperands<T> g{grad_rows.data(), input_rows.data(), HW, p.out_channels * HW,
+                            p.in_channels * HW};
+  row_dots(g, M, K, q0, q1, partial + j * M * K, K);
+}
+
+template <typename T>
+void grad_weight_slice_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* gy,
+                                   const T* x, int64_t j, int64_t q0, int64_t q1,
+                                   acc_t<T>* partial) {
+  const int64_t K = p.in_per_group(), M = p.out_per_group();
+  const int64_t K_padded = round_up(K, kLanes<T>);
+  const std::vector<int64_t> pixel_offsets = iota(kPixelChunk, p.out_channels);
+  std::vector<const T*> grad_rows(M), input_rows(kPixelChunk);
+  // Group j's input channels of a pixel chunk, gathered into a padded panel.
+  std::vector<T> panel(kPixelChunk * K_padded, T(0));
+  for (int64_t r = 0; r < kPixelChunk; ++r) input_rows[r] = panel.data() + r * K_padded;
+  for (int64_t c0 = q0; c0 < q1; c0 += kPixelChunk) {
+    const int64_t rows = std::min(kPixelChunk, q1 - c0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* pixel = x + (c0 + r) * p.in_channels;
+      T* dst = panel.data() + r * K_padded;
+      for (int64_t k = 0; k < K; ++k) dst[k] = pixel[t.in_channel[j * K + k]];
+    }
+    for (int64_t m = 0; m < M; ++m) grad_rows[m] = gy + c0 * p.out_channels + t.out_channel[j * M + m];
+    GemmOperands<T> g{grad_rows.data(), pixel_offsets.data(), input_rows.data(), rows};
+    g.b_rows_padded = true;
+    acc_t<T>* out = partial + j * M * K;
+    gemm(g, M, 0, K,
+         [&](int64_t r0, int64_t nrows, int64_t col0, int64_t cols, const acc_t<T>* tile) {
+           for (int64_t r = 0; r < nrows; ++r)
+             for (int64_t c = 0; c < cols; ++c)
+               out[(r0 + r) * K + col0 + c] += tile[r * kTileVectors * kLanes<T> + c];
+         });
+  }
+}
+
+at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in, int64_t groups,
+                           int64_t input_shuffle, int64_t output_shuffle) {
+  const ConvProblem p = check_grad_weight(grad_out_in, x_in, groups, input_shuffle, output_shuffle);
+  check_cpu_dtype(x_in);
+  const int64_t K = p.in_per_group();
+  at::Tensor gw = at::empty({p.out_channels, K, 1, 1}, x_in.options());
+  const int64_t total_pixels = p.batch * p.pixels();
+  if (gw.numel() == 0) return gw;
+  if (total_pixels == 0) return gw.zero_();
+  // Both operands in one layout, chosen by x, the larger of the two.
+  const at::MemoryFormat format = x_in.suggest_memory_format();
+  const at::Tensor x = x_in.contiguous(format);
+  const at::Tensor gy = grad_out_in.contiguous(format);
+  const bool pixel_major = is_channels_last(x);
+  const ChannelTables tables(p);
+  const int64_t slices =
+      std::clamp<int64_t>((total_pixels + kPixelsPerSlice - 1) / kPixelsPerSlice, 1, kMaxSlices);
+  const int64_t per_slice = (total_pixels + slices - 1) / slices;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "grad_weight_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const int64_t slice_size = p.out_channels * K;
+    std::vector<A> partials(slices * slice_size, A(0));
+    const scalar_t* gy_data = gy.const_data_ptr<scalar_t>();
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    at::parallel_for(0, p.groups * slices, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t j = task % p.groups, s = task / p.groups;
+        const int64_t q0 = s * per_slice, q1 = std::min(total_pixels, q0 + per_slice);
+        if (q0 >= q1) continue;
+        A* partial = partials.data() + s * slice_size;
+        if (pixel_major) {
+          grad_weight_slice_pixel_major(p, tables, gy_data, x_data, j, q0, q1, partial);
+        } else {
+          grad_weight_slice_channel_major(p, tables, gy_data, x_data, j, q0, q1, partial);
+        }
+      }
+    });
+    scalar_t* out = gw.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, slice_size, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        A sum = 0;
+        for (int64_t s = 0; s < slices; ++s) sum += partials[s * slice_size + i];
+        store_scalar(out + i, sum);
+      }
+    });
+  });
+  return gw;
+}
+
+// ---------------------------------------------------------------- grad_bias
+
+at::Tensor grad_bias_cpu(const at::Tensor& grad_out_in, int64_t output_shuffle) {
+  check_grad_bias(grad_out_in, output_shuffle);
+  check_cpu_dtype(grad_out_in);
+  const int64_t N = grad_out_in.size(0), C = grad_out_in.size(1);
+  const int64_t HW = grad_out_in.size(2) * grad_out_in.size(3);
+  at::Tensor gb = at::empty({C}, grad_out_in.options());
+  if (C == 0) return gb;
+  const at::MemoryFormat format = grad_out_in.suggest_memory_format();
+  const at::Tensor gy = grad_out_in.contiguous(format);
+  const bool pixel_major = is_channels_last(gy);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gy.scalar_type(), "grad_bias_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    using V = vec_t<scalar_t>;
+    constexpr int L = kLanes<scalar_t>;
+    const scalar_t* data = gy.const_data_ptr<scalar_t>();
+    std::vector<A> sums(C);  // indexed by the physical channel of grad_out
+    if (pixel_major) {
+      at::parallel_for(0, (C + L - 1) / L, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t block = begin; block < end; ++block) {
+          const int64_t c0 = block * L, width = std::min<int64_t>(L, C - c0);
+          V acc{};
+          for (int64_t q = 0; q < N * HW; ++q) acc += load_vec_partial(data + q * C + c0, width);
+          for (int64_t i = 0; i < width; ++i) sums[c0 + i] = acc[i];
+        }
+      });
+    } else {
+      at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          V acc{};
+          for (int64_t n = 0; n < N; ++n) {
+            const scalar_t* row = data + (n * C + c) * HW;
+            int64_t i = 0;
+            for (; i + L <= HW; i += L) acc += load_vec(row + i);
+            if (i < HW) acc += load_vec_partial(row + i, HW - i);
+          }
+          sums[c] = horizontal_sum(acc);
+        }
+      });
+    }
+    scalar_t* out = gb.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c)
+      store_scalar(out + c, sums[shuffle_destination_channel(c, output_shuffle, C)]);
+  });
+  return gb;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflenet_ops, CPU, m) {
+  m.impl("pointwise_group_conv", &pointwise_group_conv_cpu);
+  m.impl("pointwise_group_conv_grad_input", &grad_input_cpu);
+  m.impl("pointwise_group_conv_grad_weight", &grad_weight_cpu);
+  m.impl("pointwise_group_conv_grad_bias", &grad_bias_cpu);
+}
+
+}  // namespace shufflenet_ops::cpu

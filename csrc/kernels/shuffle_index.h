@@ -1,0 +1,32 @@
+// Channel-shuffle index arithmetic shared by every compiled backend.
+// Torch-free and usable from host and device code, so the CUDA kernels and the
+// CPU kernels agree on one definition of the permutation.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SHUFFLENET_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define SHUFFLENET_HOST_DEVICE inline
+#endif
+
+namespace shufflenet_ops {
+
+// channel_shuffle(x, groups) views the C channels as (groups, C / groups),
+// transposes and flattens, so output channel i * groups + j reads input
+// channel j * (C / groups) + i.
+SHUFFLENET_HOST_DEVICE int64_t shuffle_source_channel(int64_t out_channel, int64_t groups,
+                                                      int64_t channels) {
+  const int64_t per_group = channels / groups;
+  return (out_channel % groups) * per_group + out_channel / groups;
+}
+
+// The inverse map: where input channel `in_channel` lands after the shuffle.
+SHUFFLENET_HOST_DEVICE int64_t shuffle_destination_channel(int64_t in_channel, int64_t groups,
+                                                           int64_t channels) {
+  const int64_t per_group = channels / groups;
+  return (in_channel % per_group) * groups + in_channel / per_group;
+}
+
+}  // namespace shufflenet_ops

@@ -1,0 +1,29 @@
+// The operator schemas, defined once. Each backend registers its kernels for
+// these names in its own TORCH_LIBRARY_IMPL; shufflenet_ops/ops.py adds the
+// fake (meta) kernels and autograd.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing shufflenet_ops._C loads this library and so runs the
+// registrations below; the module itself exposes nothing.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(shufflenet_ops, m) {
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  // A shuffle group count of 1 means "no shuffle".
+  m.def(
+      "pointwise_group_conv(Tensor x, Tensor weight, Tensor? bias, int groups, "
+      "int input_shuffle, int output_shuffle, bool relu) -> Tensor");
+  // Backward ops. grad_out is the gradient at the op's (shuffled) output with
+  // the ReLU mask, if any, already applied.
+  m.def(
+      "pointwise_group_conv_grad_input(Tensor grad_out, Tensor weight, int groups, "
+      "int input_shuffle, int output_shuffle) -> Tensor");
+  m.def(
+      "pointwise_group_conv_grad_weight(Tensor grad_out, Tensor x, int groups, "
+      "int input_shuffle, int output_shuffle) -> Tensor");
+  m.def("pointwise_group_conv_grad_bias(Tensor grad_out, int output_shuffle) -> Tensor");
+}

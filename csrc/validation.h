@@ -1,0 +1,47 @@
+// Argument checks shared by every compiled backend (CPU and CUDA), so a
+// registered op called directly through torch.ops rejects bad input before any
+// kernel indexes memory.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <initializer_list>
+#include <optional>
+
+namespace shufflenet_ops {
+
+// The sizes of one pointwise group convolution.
+struct ConvProblem {
+  int64_t batch = 0;
+  int64_t in_channels = 0;
+  int64_t out_channels = 0;
+  int64_t height = 0;
+  int64_t width = 0;
+  int64_t groups = 1;
+  int64_t input_shuffle = 1;
+  int64_t output_shuffle = 1;
+
+  int64_t in_per_group() const { return in_channels / groups; }
+  int64_t out_per_group() const { return out_channels / groups; }
+  int64_t pixels() const { return height * width; }
+};
+
+void check_channel_shuffle(const at::Tensor& x, int64_t groups);
+
+ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, int64_t groups,
+                                       int64_t input_shuffle, int64_t output_shuffle);
+
+ConvProblem check_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t groups,
+                             int64_t input_shuffle, int64_t output_shuffle);
+
+ConvProblem check_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, int64_t groups,
+                              int64_t input_shuffle, int64_t output_shuffle);
+
+void check_grad_bias(const at::Tensor& grad_out, int64_t output_shuffle);
+
+// Each backend states the dtypes its kernels implement.
+void check_dtype_supported(const char* op, const at::Tensor& t,
+                           std::initializer_list<at::ScalarType> supported);
+
+}  // namespace shufflenet_ops

@@ -1,0 +1,11 @@
+"""shufflenet_ops: fused channel shuffle + pointwise group convolution for PyTorch.
+
+    import shufflenet_ops as so
+    y = so.pointwise_group_conv(x, weight, groups=3, output_shuffle=3, relu=True)
+"""
+
+from . import reference
+from .backends import available_backends
+from .functional import channel_shuffle, pointwise_group_conv
+
+__all__ = ["available_backends", "channel_shuffle", "pointwise_group_conv", "reference"]

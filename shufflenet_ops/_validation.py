@@ -1,0 +1,121 @@
+"""Argument checks for every Python-side path (the public functions, the fake
+kernels, the Triton backend). The compiled backends share the C++ twin of this
+module, csrc/validation.cpp, so ops called through torch.ops are checked too."""
+
+import torch
+
+
+def shuffle_groups(value, name: str) -> int:
+    """A shuffle argument as the ops take it: None means 1, i.e. no shuffle."""
+    if value is None:
+        return 1
+    return _integer(value, name)
+
+
+def _integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
+    return value
+
+
+def _tensor(t, name: str, op: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: expected {name} to be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _activation(t, name: str, op: str) -> None:
+    _tensor(t, name, op)
+    if t.dim() != 4:
+        raise ValueError(f"{op}: expected {name} to be a 4-D tensor (N, C, H, W), got a {t.dim()}-D tensor")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{op}: expected {name} to be a floating-point tensor, got {t.dtype}")
+
+
+def _matches(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: str) -> None:
+    _tensor(t, name, op)
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{op}: expected {name} to have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{op}: expected {name} to be on the same device as {ref_name} ({ref.device}), got {t.device}")
+
+
+def _divides(groups, name: str, what: str, channels: int, op: str) -> None:
+    groups = _integer(groups, name)
+    if groups <= 0:
+        raise ValueError(f"{op}: expected {name} to be a positive integer, got {groups}")
+    if channels % groups != 0:
+        raise ValueError(f"{op}: expected {name} ({groups}) to divide the {what} ({channels})")
+
+
+def _weight(weight: torch.Tensor, op: str) -> None:
+    pointwise_4d = weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[3] == 1
+    if not (pointwise_4d or weight.dim() == 2):
+        raise ValueError(
+            f"{op}: expected weight of shape [C_out, C_in / groups, 1, 1] or [C_out, C_in / groups], "
+            f"got {list(weight.shape)}"
+        )
+
+
+def _shuffles(op: str, in_channels, out_channels, groups, input_shuffle, output_shuffle) -> None:
+    _divides(groups, "groups", "input channels", in_channels, op)
+    _divides(groups, "groups", "output channels", out_channels, op)
+    _divides(input_shuffle, "input_shuffle", "input channels", in_channels, op)
+    _divides(output_shuffle, "output_shuffle", "output channels", out_channels, op)
+
+
+def check_channel_shuffle(x, groups) -> None:
+    op = "channel_shuffle"
+    _tensor(x, "x", op)
+    if x.dim() < 3:
+        raise ValueError(f"{op}: expected x to have at least 3 dimensions (N, C, *), got {x.dim()}")
+    _divides(groups, "groups", "channels of x", x.shape[1], op)
+
+
+def check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle) -> None:
+    op = "pointwise_group_conv"
+    _activation(x, "x", op)
+    _matches(weight, "weight", x, "x", op)
+    _weight(weight, op)
+    _shuffles(op, x.shape[1], weight.shape[0], groups, input_shuffle, output_shuffle)
+    if weight.shape[1] * groups != x.shape[1]:
+        raise ValueError(
+            f"{op}: expected weight.size(1) ({weight.shape[1]}) to equal C_in / groups ({x.shape[1]} / {groups})"
+        )
+    if bias is not None:
+        _matches(bias, "bias", x, "x", op)
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: expected bias of shape [C_out] = [{weight.shape[0]}], got {list(bias.shape)}")
+
+
+def check_grad_input(grad_out, weight, groups, input_shuffle, output_shuffle) -> None:
+    op = "pointwise_group_conv_grad_input"
+    _activation(grad_out, "grad_out", op)
+    _matches(weight, "weight", grad_out, "grad_out", op)
+    _weight(weight, op)
+    groups = _integer(groups, "groups")
+    if groups <= 0:
+        raise ValueError(f"{op}: expected groups to be a positive integer, got {groups}")
+    _shuffles(op, weight.shape[1] * groups, weight.shape[0], groups, input_shuffle, output_shuffle)
+    if grad_out.shape[1] != weight.shape[0]:
+        raise ValueError(
+            f"{op}: expected grad_out.size(1) ({grad_out.shape[1]}) to equal weight.size(0) ({weight.shape[0]})"
+        )
+
+
+def check_grad_weight(grad_out, x, groups, input_shuffle, output_shuffle) -> None:
+    op = "pointwise_group_conv_grad_weight"
+    _activation(grad_out, "grad_out", op)
+    _activation(x, "x", op)
+    _matches(x, "x", grad_out, "grad_out", op)
+    _shuffles(op, x.shape[1], grad_out.shape[1], groups, input_shuffle, output_shuffle)
+    if (grad_out.shape[0], grad_out.shape[2], grad_out.shape[3]) != (x.shape[0], x.shape[2], x.shape[3]):
+        raise ValueError(
+            f"{op}: expected grad_out ({list(grad_out.shape)}) and x ({list(x.shape)}) to agree in N, H and W"
+        )
+
+
+def check_grad_bias(grad_out, output_shuffle) -> None:
+    op = "pointwise_group_conv_grad_bias"
+    _activation(grad_out, "grad_out", op)
+    _divides(output_shuffle, "output_shuffle", "output channels", grad_out.shape[1], op)

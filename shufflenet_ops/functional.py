@@ -1,0 +1,81 @@
+"""The public ops. Each validates its arguments once, then hands them to the
+chosen backend (see :mod:`shufflenet_ops.backends`)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validation as check
+from . import backends, reference
+from .ops import NATIVE
+
+
+def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> torch.Tensor:
+    """Channel shuffle: the same result as ``torch.channel_shuffle(x, groups)``.
+
+    The C channels are viewed as (groups, C // groups), transposed and flattened.
+    The inverse shuffle, which views them as (C // groups, groups), is
+    ``channel_shuffle(x, C // groups)``.
+    """
+    check.check_channel_shuffle(x, groups)
+    return backends.select(backend, x.device).channel_shuffle(x, groups)
+
+
+def pointwise_group_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    groups: int = 1,
+    *,
+    input_shuffle: int | None = None,
+    output_shuffle: int | None = None,
+    relu: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """A 1x1 group convolution fused with channel shuffles:
+
+        channel_shuffle(act(conv2d(channel_shuffle(x, input_shuffle), weight, bias, groups=groups)),
+                        output_shuffle)
+
+    with ``act`` = ReLU when ``relu`` is true; a shuffle of None or 1 is skipped.
+    ``weight`` is [C_out, C_in / groups, 1, 1] or [C_out, C_in / groups]. The
+    output has x's memory format (NCHW or channels_last).
+    """
+    input_shuffle = check.shuffle_groups(input_shuffle, "input_shuffle")
+    output_shuffle = check.shuffle_groups(output_shuffle, "output_shuffle")
+    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
+    return backends.select(backend, x.device).pointwise_group_conv(
+        x, weight, bias, groups, input_shuffle, output_shuffle, bool(relu)
+    )
+
+
+def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
+    return reference.pointwise_group_conv(
+        x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu
+    )
+
+
+def _native_devices() -> dict[str, int]:
+    devices = {"cpu": 10}
+    if torch._C._dispatch_has_kernel_for_dispatch_key(NATIVE.qualname("pointwise_group_conv"), "CUDA"):
+        devices["cuda"] = 10
+    return devices
+
+
+backends.register_backend(
+    backends.Backend(
+        name="reference",
+        channel_shuffle=reference.channel_shuffle,
+        pointwise_group_conv=_reference_conv,
+        # Stock PyTorch runs anywhere; "auto" takes it only where nothing else runs.
+        priority=lambda: {"cpu": 0, "cuda": 0, "mps": 0, "xpu": 0, "meta": 0},
+    )
+)
+backends.register_backend(
+    backends.Backend(
+        name="native",
+        channel_shuffle=NATIVE.channel_shuffle,
+        pointwise_group_conv=NATIVE.pointwise_group_conv,
+        priority=_native_devices,
+    )
+)

@@ -1,0 +1,158 @@
+"""The registered ops: fake (meta) kernels and autograd for an op family.
+
+The schemas are defined once, in C++ (csrc/shufflenet_ops.cpp), and the native
+backend registers its CPU and CUDA kernels for them. A backend that cannot share
+those dispatch keys (Triton runs on the same CUDA tensors) calls
+``define_family(prefix)`` to get its own copy of the family, same schemas under
+prefixed names, with the same fake kernels and autograd formulas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from . import _C  # noqa: F401  (loads the schemas and the compiled kernels)
+from . import _validation as check
+
+NAMESPACE = "shufflenet_ops"
+OP_NAMES = (
+    "channel_shuffle",
+    "pointwise_group_conv",
+    "pointwise_group_conv_grad_input",
+    "pointwise_group_conv_grad_weight",
+    "pointwise_group_conv_grad_bias",
+)
+
+
+@dataclass(frozen=True)
+class OpFamily:
+    """One backend's registered ops (``torch.ops.shufflenet_ops.<prefix><name>``)."""
+
+    prefix: str
+
+    def op(self, name: str) -> torch._ops.OpOverloadPacket:
+        return getattr(getattr(torch.ops, NAMESPACE), self.prefix + name)
+
+    def qualname(self, name: str) -> str:
+        return f"{NAMESPACE}::{self.prefix}{name}"
+
+    @property
+    def channel_shuffle(self):
+        return self.op("channel_shuffle")
+
+    @property
+    def pointwise_group_conv(self):
+        return self.op("pointwise_group_conv")
+
+    @property
+    def grad_input(self):
+        return self.op("pointwise_group_conv_grad_input")
+
+    @property
+    def grad_weight(self):
+        return self.op("pointwise_group_conv_grad_weight")
+
+    @property
+    def grad_bias(self):
+        return self.op("pointwise_group_conv_grad_bias")
+
+
+def _empty(shape, like: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+
+
+def _register_fake_kernels(family: OpFamily) -> None:
+    @torch.library.register_fake(family.qualname("channel_shuffle"))
+    def _(x, groups):
+        check.check_channel_shuffle(x, groups)
+        return _empty(x.shape, x, suggest_memory_format(x))
+
+    @torch.library.register_fake(family.qualname("pointwise_group_conv"))
+    def _(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
+        check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
+        n, _, h, w = x.shape
+        return _empty((n, weight.shape[0], h, w), x, suggest_memory_format(x))
+
+    @torch.library.register_fake(family.qualname("pointwise_group_conv_grad_input"))
+    def _(grad_out, weight, groups, input_shuffle, output_shuffle):
+        check.check_grad_input(grad_out, weight, groups, input_shuffle, output_shuffle)
+        n, _, h, w = grad_out.shape
+        return _empty((n, weight.shape[1] * groups, h, w), grad_out, suggest_memory_format(grad_out))
+
+    @torch.library.register_fake(family.qualname("pointwise_group_conv_grad_weight"))
+    def _(grad_out, x, groups, input_shuffle, output_shuffle):
+        check.check_grad_weight(grad_out, x, groups, input_shuffle, output_shuffle)
+        return _empty((grad_out.shape[1], x.shape[1] // groups, 1, 1), x)
+
+    @torch.library.register_fake(family.qualname("pointwise_group_conv_grad_bias"))
+    def _(grad_out, output_shuffle):
+        check.check_grad_bias(grad_out, output_shuffle)
+        return _empty((grad_out.shape[1],), grad_out)
+
+
+def _register_autograd(family: OpFamily) -> None:
+    def shuffle_setup_context(ctx, inputs, output):
+        ctx.groups = inputs[1]
+
+    def shuffle_backward(ctx, grad):
+        # The inverse of a shuffle with g groups is the shuffle with C / g groups.
+        return family.channel_shuffle(grad, grad.shape[1] // ctx.groups), None
+
+    torch.library.register_autograd(
+        family.qualname("channel_shuffle"), shuffle_backward, setup_context=shuffle_setup_context
+    )
+
+    def conv_setup_context(ctx, inputs, output):
+        x, weight, bias, groups, input_shuffle, output_shuffle, relu = inputs
+        ctx.save_for_backward(x, weight, output if relu else None)
+        ctx.conv = (groups, input_shuffle, output_shuffle, relu)
+        ctx.has_bias = bias is not None
+
+    def conv_backward(ctx, grad):
+        x, weight, output = ctx.saved_tensors
+        groups, input_shuffle, output_shuffle, relu = ctx.conv
+        if relu:
+            grad = torch.ops.aten.threshold_backward(grad, output, 0)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = family.grad_input(grad, weight, groups, input_shuffle, output_shuffle)
+        if ctx.needs_input_grad[1]:
+            grad_weight = family.grad_weight(grad, x, groups, input_shuffle, output_shuffle)
+            grad_weight = grad_weight.reshape(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = family.grad_bias(grad, output_shuffle)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+    torch.library.register_autograd(
+        family.qualname("pointwise_group_conv"), conv_backward, setup_context=conv_setup_context
+    )
+
+
+def _register(family: OpFamily) -> OpFamily:
+    _register_fake_kernels(family)
+    _register_autograd(family)
+    return family
+
+
+# Libraries that hold the definitions of prefixed families alive.
+_fragments: list[torch.library.Library] = []
+
+
+def define_family(prefix: str) -> OpFamily:
+    """Defines the op family again under ``prefix`` (same schemas, e.g.
+    ``triton_pointwise_group_conv``), with fake kernels and autograd; the caller
+    registers its kernels with ``torch.library.impl(family.qualname(name), ...)``."""
+    if not prefix:
+        raise ValueError("define_family: expected a non-empty prefix; the native family exists already")
+    library = torch.library.Library(NAMESPACE, "FRAGMENT")
+    for name in OP_NAMES:
+        schema = str(NATIVE.op(name).default._schema)
+        library.define(schema.replace(f"{NAMESPACE}::{name}(", f"{prefix}{name}(", 1))
+    _fragments.append(library)
+    return _register(OpFamily(prefix))
+
+
+NATIVE = _register(OpFamily(""))

@@ -1,0 +1,36 @@
+"""The reference implementations: the library's ops written only with stock
+PyTorch ops. Every test and benchmark compares against these."""
+
+import torch
+import torch.nn.functional as F
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The paper's channel shuffle: view the channels as (groups, C // groups),
+    transpose, flatten. Equals ``torch.channel_shuffle(x, groups)``."""
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+def pointwise_group_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    groups: int = 1,
+    *,
+    input_shuffle: int | None = None,
+    output_shuffle: int | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``channel_shuffle(act(conv2d(channel_shuffle(x, input_shuffle), weight, bias,
+    groups=groups)), output_shuffle)``; a shuffle of ``None`` or 1 is skipped."""
+    if input_shuffle not in (None, 1):
+        x = channel_shuffle(x, input_shuffle)
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    y = F.conv2d(x, weight, bias, groups=groups)
+    if relu:
+        y = F.relu(y)
+    if output_shuffle not in (None, 1):
+        y = channel_shuffle(y, output_shuffle)
+    return y
