@@ -1,0 +1,43 @@
+"""Shared test helpers: per-dtype tolerances and reference comparison.
+
+Outputs are compared with a float64 run of ``so.reference`` on the same
+(upcast) inputs, so the tolerance measures only the tested kernel's rounding.
+"""
+
+import torch
+
+# dtype -> (atol, rtol), atol relative to the largest magnitude of the expected tensor.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+    """actual (in ``dtype``) against expected (computed in float64)."""
+    atol, rtol = TOLERANCES[dtype]
+    scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.double(), expected.double(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def conv_inputs(n, c_in, c_out, h, w, groups, dtype, *, bias=True, channels_last=False, device="cpu", seed=0):
+    """x, weight, bias leaves with requires_grad set, for a pointwise group conv."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(c_out, c_in // groups, 1, 1, generator=gen, dtype=torch.float64)
+    weight = (weight / (c_in // groups) ** 0.5).to(device=device, dtype=dtype)
+    b = torch.randn(c_out, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype) if bias else None
+    for t in (x, weight, b):
+        if t is not None:
+            t.requires_grad_(True)
+    return x, weight, b
+
+
+def float64_leaves(*tensors):
+    return tuple(None if t is None else t.detach().double().requires_grad_(True) for t in tensors)
