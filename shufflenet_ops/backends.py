@@ -19,24 +19,31 @@ class Backend:
     channel_shuffle: Callable
     pointwise_group_conv: Callable
     # device type -> priority for "auto" (higher wins); absent: cannot run there.
-    priority: Callable[[], dict[str, int]]
+    # Fixed when the backend registers, so selection traces cleanly under torch.compile.
+    priority: dict[str, int]
 
     def runs_on(self, device_type: str) -> bool:
-        return device_type in self.priority()
+        return device_type in self.priority
 
 
 _registry: dict[str, Backend] = {}
+# device type -> the backend "auto" picks there.
+_auto: dict[str, Backend] = {}
 
 
 def register_backend(backend: Backend) -> None:
     _registry[backend.name] = backend
+    for device_type, priority in backend.priority.items():
+        current = _auto.get(device_type)
+        if current is None or priority > current.priority[device_type]:
+            _auto[device_type] = backend
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """The backends this install can run, on ``device`` if given."""
     names = []
     for name, backend in _registry.items():
-        devices = backend.priority()
+        devices = backend.priority
         if devices and (device is None or torch.device(device).type in devices):
             names.append(name)
     return names
@@ -46,12 +53,12 @@ def select(name: str, device: torch.device) -> Backend:
     if not isinstance(name, str):
         raise TypeError(f"expected backend to be a str, got {type(name).__name__}")
     if name == "auto":
-        candidates = [(b.priority()[device.type], b) for b in _registry.values() if b.runs_on(device.type)]
-        if not candidates:
+        backend = _auto.get(device.type)
+        if backend is None:
             raise RuntimeError(f"no shufflenet_ops backend runs on device '{device}'")
-        return max(candidates, key=lambda pair: pair[0])[1]
+        return backend
     backend = _registry.get(name)
-    if backend is None or not backend.priority():
+    if backend is None or not backend.priority:
         raise ValueError(
             f"unknown or unavailable backend {name!r}; available backends: {available_backends()} (or 'auto')"
         )

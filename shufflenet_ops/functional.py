@@ -68,7 +68,7 @@ backends.register_backend(
         channel_shuffle=reference.channel_shuffle,
         pointwise_group_conv=_reference_conv,
         # Stock PyTorch runs anywhere; "auto" takes it only where nothing else runs.
-        priority=lambda: {"cpu": 0, "cuda": 0, "mps": 0, "xpu": 0, "meta": 0},
+        priority={"cpu": 0, "cuda": 0, "mps": 0, "xpu": 0, "meta": 0},
     )
 )
 backends.register_backend(
@@ -76,6 +76,6 @@ backends.register_backend(
         name="native",
         channel_shuffle=NATIVE.channel_shuffle,
         pointwise_group_conv=NATIVE.pointwise_group_conv,
-        priority=_native_devices,
+        priority=_native_devices(),
     )
 )

@@ -1,0 +1,143 @@
+"""Bad input raises a clear exception naming the argument, through the public
+functions and through the registered ops called directly (the C++ checks)."""
+
+import pytest
+import torch
+
+import shufflenet_ops as so
+
+OPS = torch.ops.shufflenet_ops
+
+
+def conv_args(**overrides):
+    args = dict(
+        x=torch.randn(2, 12, 4, 4),
+        weight=torch.randn(6, 4, 1, 1),
+        bias=torch.randn(6),
+        groups=3,
+        input_shuffle=1,
+        output_shuffle=3,
+    )
+    args.update(overrides)
+    return args
+
+
+# (overrides, exception type, message pattern)
+CONV_CASES = {
+    "x-not-4d": (dict(x=torch.randn(2, 12, 4)), ValueError, r"x to be a 4-D tensor"),
+    "groups-zero": (dict(groups=0), ValueError, r"groups to be a positive integer, got 0"),
+    "groups-negative": (dict(groups=-3), ValueError, r"groups to be a positive integer, got -3"),
+    "groups-not-dividing-c-in": (
+        dict(groups=5, weight=torch.randn(5, 2, 1, 1), bias=None), ValueError, r"groups \(5\) to divide the input channels \(12\)"
+    ),
+    "groups-not-dividing-c-out": (
+        dict(groups=3, weight=torch.randn(7, 4, 1, 1), bias=None, output_shuffle=1),
+        ValueError,
+        r"groups \(3\) to divide the output channels \(7\)",
+    ),
+    "weight-wrong-c-in": (dict(weight=torch.randn(6, 3, 1, 1)), ValueError, r"weight.size\(1\) \(3\) to equal C_in / groups"),
+    "weight-kernel-3x3": (dict(weight=torch.randn(6, 4, 3, 3)), ValueError, r"weight of shape \[C_out, C_in / groups, 1, 1\]"),
+    "weight-3d": (dict(weight=torch.randn(6, 4, 1)), ValueError, r"weight of shape"),
+    "input-shuffle-zero": (dict(input_shuffle=0), ValueError, r"input_shuffle to be a positive integer, got 0"),
+    "input-shuffle-not-dividing": (dict(input_shuffle=5), ValueError, r"input_shuffle \(5\) to divide the input channels \(12\)"),
+    "output-shuffle-negative": (dict(output_shuffle=-2), ValueError, r"output_shuffle to be a positive integer"),
+    "output-shuffle-not-dividing": (dict(output_shuffle=4), ValueError, r"output_shuffle \(4\) to divide the output channels \(6\)"),
+    "weight-dtype": (dict(weight=torch.randn(6, 4, 1, 1, dtype=torch.float64)), TypeError, r"weight to have the same dtype as x"),
+    "bias-dtype": (dict(bias=torch.randn(6, dtype=torch.bfloat16)), TypeError, r"bias to have the same dtype as x"),
+    "bias-shape": (dict(bias=torch.randn(5)), ValueError, r"bias of shape \[C_out\] = \[6\]"),
+    "integer-input": (
+        dict(x=torch.ones(2, 12, 4, 4, dtype=torch.int32), weight=torch.ones(6, 4, 1, 1, dtype=torch.int32), bias=None),
+        TypeError,
+        r"x to be a floating-point tensor",
+    ),
+    "device-mismatch": (dict(weight=torch.randn(6, 4, 1, 1, device="meta")), ValueError, r"weight to be on the same device as x"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_public_pointwise_group_conv(case):
+    overrides, error, pattern = CONV_CASES[case]
+    a = conv_args(**overrides)
+    with pytest.raises(error, match=pattern):
+        so.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"],
+                                input_shuffle=a["input_shuffle"], output_shuffle=a["output_shuffle"])
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_registered_op_called_directly(case):
+    overrides, error, pattern = CONV_CASES[case]
+    a = conv_args(**overrides)
+    with pytest.raises(error, match=pattern):
+        OPS.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"], a["input_shuffle"], a["output_shuffle"], False)
+
+
+def test_unsupported_floating_dtype_names_the_supported_ones():
+    x, w = torch.randn(1, 4, 2, 2, dtype=torch.float16), torch.randn(4, 4, 1, 1, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"supports dtypes \{Float, Double, BFloat16\}.*got Half"):
+        so.pointwise_group_conv(x, w, backend="native")
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        (dict(groups=2.0), TypeError, r"groups to be an int, got float"),
+        (dict(groups=True), TypeError, r"groups to be an int, got bool"),
+        (dict(output_shuffle="3"), TypeError, r"output_shuffle to be an int, got str"),
+        (dict(backend=3), TypeError, r"backend to be a str"),
+    ],
+)
+def test_python_argument_types(kwargs, error, pattern):
+    x, w = torch.randn(1, 4, 2, 2), torch.randn(4, 2, 1, 1)
+    kwargs = dict(dict(groups=2), **kwargs)
+    groups = kwargs.pop("groups")
+    with pytest.raises(error, match=pattern):
+        so.pointwise_group_conv(x, w, None, groups, **kwargs)
+
+
+def test_non_tensor_input():
+    with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
+        so.pointwise_group_conv([[1.0]], torch.randn(1, 1))
+    with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
+        so.channel_shuffle(3.0, 1)
+
+
+SHUFFLE_CASES = [
+    (torch.randn(4, 6), 2, ValueError, r"x to have at least 3 dimensions"),
+    (torch.randn(2, 6, 3, 3), 0, ValueError, r"groups to be a positive integer, got 0"),
+    (torch.randn(2, 6, 3, 3), -2, ValueError, r"groups to be a positive integer, got -2"),
+    (torch.randn(2, 6, 3, 3), 4, ValueError, r"groups \(4\) to divide the channels of x \(6\)"),
+]
+
+
+@pytest.mark.parametrize("x,groups,error,pattern", SHUFFLE_CASES)
+@pytest.mark.parametrize("entry", ["public", "registered"])
+def test_channel_shuffle(x, groups, error, pattern, entry):
+    op = so.channel_shuffle if entry == "public" else OPS.channel_shuffle
+    with pytest.raises(error, match=pattern):
+        op(x, groups)
+
+
+GRAD_CASES = [
+    ("grad_input-grad-channels", lambda: OPS.pointwise_group_conv_grad_input(torch.randn(2, 5, 3, 3), torch.randn(6, 4, 1, 1), 3, 1, 1),
+     ValueError, r"grad_out.size\(1\) \(5\) to equal weight.size\(0\) \(6\)"),
+    ("grad_input-groups", lambda: OPS.pointwise_group_conv_grad_input(torch.randn(2, 6, 3, 3), torch.randn(6, 4, 1, 1), 0, 1, 1),
+     ValueError, r"groups to be a positive integer"),
+    ("grad_input-shuffle", lambda: OPS.pointwise_group_conv_grad_input(torch.randn(2, 6, 3, 3), torch.randn(6, 4, 1, 1), 3, 5, 1),
+     ValueError, r"input_shuffle \(5\) to divide the input channels \(12\)"),
+    ("grad_weight-pixels", lambda: OPS.pointwise_group_conv_grad_weight(torch.randn(2, 6, 3, 3), torch.randn(2, 12, 3, 4), 3, 1, 1),
+     ValueError, r"agree in N, H and W"),
+    ("grad_weight-groups", lambda: OPS.pointwise_group_conv_grad_weight(torch.randn(2, 6, 3, 3), torch.randn(2, 12, 3, 3), 5, 1, 1),
+     ValueError, r"groups \(5\) to divide the input channels \(12\)"),
+    ("grad_weight-dtype", lambda: OPS.pointwise_group_conv_grad_weight(torch.randn(2, 6, 3, 3), torch.randn(2, 12, 3, 3, dtype=torch.float64), 3, 1, 1),
+     TypeError, r"x to have the same dtype as grad_out"),
+    ("grad_bias-shuffle", lambda: OPS.pointwise_group_conv_grad_bias(torch.randn(2, 6, 3, 3), 4),
+     ValueError, r"output_shuffle \(4\) to divide the output channels \(6\)"),
+    ("grad_bias-rank", lambda: OPS.pointwise_group_conv_grad_bias(torch.randn(2, 6, 3), 1),
+     ValueError, r"grad_out to be a 4-D tensor"),
+]
+
+
+@pytest.mark.parametrize("name,call,error,pattern", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
+def test_backward_ops(name, call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()

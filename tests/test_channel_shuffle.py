@@ -1,0 +1,79 @@
+"""so.channel_shuffle against PyTorch's own torch.channel_shuffle and so.reference."""
+
+import pytest
+import torch
+
+import shufflenet_ops as so
+
+SHAPES_AND_GROUPS = [
+    ((2, 12, 5, 7), 3),
+    ((2, 12, 5, 7), 1),
+    ((2, 12, 5, 7), 12),  # one channel per group
+    ((1, 240, 28, 28), 3),
+    ((3, 384, 4, 4), 8),
+    ((2, 8, 1, 1), 2),  # 1x1 spatial
+    ((0, 6, 3, 3), 2),  # empty batch
+    ((2, 6, 0, 3), 3),  # empty spatial
+]
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("shape,groups", SHAPES_AND_GROUPS)
+@pytest.mark.parametrize("memory_format", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.uint8])
+def test_matches_torch_channel_shuffle(shape, groups, memory_format, dtype):
+    x = torch.randint(0, 100, shape).to(dtype).to(memory_format=memory_format)
+    y = so.channel_shuffle(x, groups)
+    assert torch.equal(y, torch.channel_shuffle(x, groups))
+    assert torch.equal(y, so.reference.channel_shuffle(x, groups))
+    if x.numel():  # an empty tensor has no meaningful memory format
+        assert y.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 7), (2, 12, 3, 4, 5)])
+def test_other_ranks(shape):
+    x = torch.randn(shape)
+    torch.testing.assert_close(so.channel_shuffle(x, 4), torch.channel_shuffle(x, 4), rtol=0, atol=0)
+    x5 = torch.randn(2, 12, 3, 4, 5).to(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(so.channel_shuffle(x5, 3), torch.channel_shuffle(x5, 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make_view",
+    [
+        lambda x: x[:, :, ::2, 1:],
+        lambda x: x[:, 2:14],
+        lambda x: x.transpose(2, 3),
+        lambda x: x.to(memory_format=torch.channels_last)[:, :, 1:, :],
+    ],
+    ids=["strided-spatial", "channel-slice", "transposed", "channels-last-slice"],
+)
+def test_non_contiguous_input(make_view):
+    x = make_view(torch.randn(2, 16, 6, 8))
+    torch.testing.assert_close(so.channel_shuffle(x, 4), torch.channel_shuffle(x.contiguous(), 4), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4, 6])
+def test_inverse_is_shuffle_by_channels_over_groups(groups):
+    x = torch.randn(2, 12, 3, 3)
+    # The inverse shuffle, view as (C // g, g), is channel_shuffle(x, C // g).
+    assert torch.equal(so.channel_shuffle(so.channel_shuffle(x, groups), 12 // groups), x)
+    inverse_by_view = x.view(2, 12 // groups, groups, 3, 3).transpose(1, 2).reshape(2, 12, 3, 3)
+    assert torch.equal(so.channel_shuffle(x, 12 // groups), inverse_by_view)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+def test_gradient(memory_format):
+    x = torch.randn(2, 12, 5, 5, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
+    grad = torch.randn(2, 12, 5, 5, dtype=torch.float64)
+    (so.channel_shuffle(x, 3) * grad).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    (torch.channel_shuffle(x_ref, 3) * grad).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    assert torch.autograd.gradcheck(lambda t: so.channel_shuffle(t, 4), (torch.randn(1, 8, 2, 3, dtype=torch.float64, requires_grad=True),))
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_backends_agree(backend):
+    x = torch.randn(2, 24, 4, 4)
+    assert torch.equal(so.channel_shuffle(x, 4, backend=backend), torch.channel_shuffle(x, 4))

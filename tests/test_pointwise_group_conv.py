@@ -1,0 +1,168 @@
+"""so.pointwise_group_conv (native backend) against so.reference: outputs and
+the gradients of x, weight and bias, over ShuffleNet's layer shapes and edge
+shapes, both memory formats, every shuffle placement, bias and ReLU."""
+
+import itertools
+
+import pytest
+import torch
+from torch._prims_common import suggest_memory_format
+
+import shufflenet_ops as so
+from tests.utils import assert_close_to, conv_inputs, float64_leaves
+
+# (N, C_in, C_out, H, W, groups)
+SHUFFLENET_SHAPES = [
+    (2, 240, 60, 28, 28, 3),  # stage 2 bottleneck in, g=3
+    (2, 60, 240, 28, 28, 3),  # stage 2 bottleneck out, g=3
+    (1, 200, 50, 14, 14, 2),
+    (1, 272, 68, 14, 14, 4),
+    (2, 384, 96, 7, 7, 8),
+    (1, 96, 384, 7, 7, 8),
+    (2, 36, 144, 9, 9, 1),
+]
+EDGE_SHAPES = [
+    (3, 16, 16, 5, 5, 16),  # groups == channels, one channel per group
+    (2, 12, 24, 1, 1, 3),  # 1x1 spatial
+    (2, 24, 12, 7, 9, 4),  # odd H x W
+    (1, 48, 48, 3, 37, 2),  # columns not a multiple of the vector width
+    (0, 12, 12, 4, 4, 3),  # empty batch
+]
+# (input_shuffle, output_shuffle) as multiples of groups: None = no shuffle.
+PLACEMENTS = {"none": (None, None), "output": (None, "g"), "input": ("g", None), "both": ("g", "g")}
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def resolve(placement, groups, c_in, c_out):
+    input_shuffle, output_shuffle = PLACEMENTS[placement]
+    # groups == 1 would make a shuffle a no-op: shuffle by 2 instead where it divides.
+    shuffle = groups if groups > 1 else 2
+    return (
+        None if input_shuffle is None or c_in % shuffle else shuffle,
+        None if output_shuffle is None or c_out % shuffle else shuffle,
+    )
+
+
+def check_against_reference(n, c_in, c_out, h, w, groups, dtype, *, placement, bias, relu, channels_last,
+                            make_input=lambda x: x, backend="native"):
+    input_shuffle, output_shuffle = resolve(placement, groups, c_in, c_out)
+    x, weight, b = conv_inputs(n, c_in, c_out, h, w, groups, dtype, bias=bias, channels_last=channels_last)
+    kwargs = dict(input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu)
+    x_in = make_input(x)
+    y = so.pointwise_group_conv(x_in, weight, b, groups, backend=backend, **kwargs)
+
+    x64, w64, b64 = float64_leaves(x, weight, b)
+    y64 = so.reference.pointwise_group_conv(make_input(x64), w64, b64, groups, **kwargs)
+    assert y.shape == y64.shape and y.dtype == dtype
+    assert_close_to(y, y64, dtype, "output")
+    if y.numel() and backend != "reference":  # the output keeps the input's memory format
+        assert y.is_contiguous(memory_format=suggest_memory_format(x_in))
+
+    grad = torch.randn(y64.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y.backward(grad.to(dtype))
+    y64.backward(grad)
+    assert_close_to(x.grad, x64.grad, dtype, "grad x")
+    assert_close_to(weight.grad, w64.grad, dtype, "grad weight")
+    if bias:
+        assert_close_to(b.grad, b64.grad, dtype, "grad bias")
+
+
+@pytest.mark.parametrize("shape", SHUFFLENET_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_shufflenet_shapes(shape, placement, channels_last, dtype):
+    check_against_reference(*shape, dtype, placement=placement, bias=True, relu=True, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("bias,relu", list(itertools.product([False, True], [False, True])))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_edge_shapes(shape, placement, bias, relu, channels_last, dtype):
+    check_against_reference(*shape, dtype, placement=placement, bias=bias, relu=relu, channels_last=channels_last)
+
+
+@pytest.mark.parametrize(
+    "make_input",
+    [
+        lambda x: x[:, :, ::2, 1:],
+        lambda x: x.transpose(2, 3),
+        lambda x: x[..., 1:],
+    ],
+    ids=["strided-spatial", "transposed", "sliced"],
+)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("placement", ["output", "both"])
+def test_non_contiguous_input(make_input, channels_last, placement):
+    check_against_reference(2, 24, 12, 6, 8, 3, torch.float32, placement=placement, bias=True, relu=True,
+                            channels_last=channels_last, make_input=make_input)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_zero_spatial_size(channels_last):
+    # F.conv2d rejects an empty spatial size, so the oracle here is the
+    # definition: an empty output, and zero gradients for weight and bias.
+    x, weight, b = conv_inputs(2, 12, 6, 0, 5, 3, torch.float32, channels_last=channels_last)
+    y = so.pointwise_group_conv(x, weight, b, 3, input_shuffle=3, output_shuffle=2, relu=True)
+    assert y.shape == (2, 6, 0, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_two_dimensional_weight():
+    x, weight, b = conv_inputs(2, 12, 6, 4, 4, 3, torch.float32)
+    flat = weight.detach().view(6, 4).requires_grad_()
+    y = so.pointwise_group_conv(x, flat, b, 3, output_shuffle=3)
+    y_ref = so.reference.pointwise_group_conv(x, weight, b, 3, output_shuffle=3)
+    assert_close_to(y, y_ref, torch.float32, "output")
+    y.sum().backward()
+    y_ref.sum().backward()
+    assert flat.grad.shape == (6, 4)
+    assert_close_to(flat.grad, weight.grad.view(6, 4), torch.float32, "grad weight")
+
+
+def test_gradient_of_non_contiguous_grad_output():
+    x, weight, b = conv_inputs(2, 12, 6, 5, 5, 3, torch.float32, channels_last=True)
+    y = so.pointwise_group_conv(x, weight, b, 3, input_shuffle=3, output_shuffle=3, relu=True)
+    y.sum().backward()  # the incoming gradient is an expanded, zero-stride tensor
+    x64, w64, b64 = float64_leaves(x, weight, b)
+    so.reference.pointwise_group_conv(x64, w64, b64, 3, input_shuffle=3, output_shuffle=3, relu=True).sum().backward()
+    for name, got, want in [("x", x.grad, x64.grad), ("weight", weight.grad, w64.grad), ("bias", b.grad, b64.grad)]:
+        assert_close_to(got, want, torch.float32, f"grad {name}")
+
+
+def test_only_requested_gradients_are_computed():
+    x, weight, b = conv_inputs(2, 12, 6, 4, 4, 3, torch.float32)
+    x.requires_grad_(False)
+    so.pointwise_group_conv(x, weight, b, 3, output_shuffle=3).sum().backward()
+    assert x.grad is None and weight.grad is not None and b.grad is not None
+
+
+def test_grad_weight_is_deterministic():
+    x, weight, _ = conv_inputs(4, 96, 96, 28, 28, 8, torch.float32, bias=False)
+    grads = []
+    for _ in range(3):
+        weight.grad = None
+        so.pointwise_group_conv(x, weight, None, 8, output_shuffle=8).square().sum().backward()
+        grads.append(weight.grad.clone())
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+@pytest.mark.parametrize("backend", ["reference", "native", "auto"])
+def test_every_cpu_backend_matches_reference(backend):
+    check_against_reference(2, 24, 12, 5, 5, 3, torch.float32, placement="both", bias=True, relu=True,
+                            channels_last=False, backend=backend)
+
+
+def test_unknown_backend_names_the_available_ones():
+    x, weight, _ = conv_inputs(1, 4, 4, 2, 2, 1, torch.float32, bias=False)
+    with pytest.raises(ValueError, match=r"unknown or unavailable backend 'cudnn'.*'native'"):
+        so.pointwise_group_conv(x, weight, backend="cudnn")
+    with pytest.raises(ValueError, match=r"unknown or unavailable backend"):
+        so.channel_shuffle(x, 2, backend="nope")
+    assert {"reference", "native"} <= set(so.available_backends())
+    assert "native" in so.available_backends("cpu")
