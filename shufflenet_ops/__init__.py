@@ -7,5 +7,6 @@
 from . import reference
 from .backends import available_backends
 from .functional import channel_shuffle, pointwise_group_conv
+from . import triton as _triton_backend  # noqa: F401  (registers backend "triton" where triton is installed)
 
 __all__ = ["available_backends", "channel_shuffle", "pointwise_group_conv", "reference"]
