@@ -1,0 +1,47 @@
+"""FLOP formulas for the custom ops, registered with ``torch.utils.flop_counter``
+so that ``FlopCounterMode`` counts a model built on the fused ops the same as
+the same model written with ``F.conv2d`` and a shuffle.
+
+The counts follow PyTorch's convolution formulas: 2 FLOPs per multiply-add of
+the convolution (the bias, the ReLU and the shuffles are free), and the same
+count again for each of the input and weight gradients.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from torch.utils.flop_counter import register_flop_formula
+
+from .ops import NATIVE, OpFamily
+
+_registered: set[str] = set()
+
+
+def _conv_flops(activation_shape, weight_shape) -> int:
+    """2 * N * H * W * C_out * (C_in / groups): ``weight_shape`` is [C_out, C_in / groups(, 1, 1)]."""
+    n, _, h, w = activation_shape
+    return 2 * n * h * w * prod(weight_shape)
+
+
+def register_flop_formulas(family: OpFamily) -> None:
+    """Registers the formulas for one op family (idempotent)."""
+    if family.prefix in _registered:
+        return
+
+    @register_flop_formula(family.pointwise_group_conv)
+    def _(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        return _conv_flops(x_shape, weight_shape)
+
+    @register_flop_formula(family.grad_input)
+    def _(grad_out_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        return _conv_flops(grad_out_shape, weight_shape)
+
+    @register_flop_formula(family.grad_weight)
+    def _(grad_out_shape, x_shape, groups, *args, out_shape=None, **kwargs) -> int:
+        return 2 * prod(grad_out_shape) * (x_shape[1] // groups)
+
+    _registered.add(family.prefix)
+
+
+register_flop_formulas(NATIVE)

@@ -1,0 +1,181 @@
+"""The ShuffleNet v1 networks of the paper (Zhang et al., CVPR 2018, Table 1),
+built on the fused ops.
+
+Every channel shuffle runs inside a pointwise group convolution: the shuffle
+that follows a unit's first 1x1 group conv is that conv's ``output_shuffle``.
+The paper applies the shuffle after the conv's BatchNorm and ReLU; both act per
+channel, so applying them after the shuffle instead computes the same function
+with the BatchNorm's parameters stored in shuffled channel order.
+
+In training mode the BatchNorms normalize with batch statistics. In eval mode
+each BatchNorm is folded into the conv before it (at every call, so the weights
+and running statistics stay the trainable, checkpointed ones) and the ReLUs run
+inside the fused convs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import reference
+from .functional import pointwise_group_conv
+from .nn import PointwiseGroupConv2d
+
+__all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1", "shufflenet_v1_channels"]
+
+# Table 1: output channels of Stage 2 at 1x, by groups; each later stage doubles them.
+STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+STEM_CHANNELS = 24
+MIN_STEM_CHANNELS = 12
+STAGE_REPEATS = (4, 8, 4)
+WIDTH_MULTIPLIERS = (0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def _round_to_multiple(value: float, multiple: int) -> int:
+    """The multiple of ``multiple`` nearest to ``value`` (halves round up), at least ``multiple``."""
+    return max(multiple, int(value / multiple + 0.5) * multiple)
+
+
+def shufflenet_v1_channels(groups: int, width_mult: float) -> tuple[int, tuple[int, int, int]]:
+    """(stem channels, (Stage 2, Stage 3, Stage 4 output channels)) of ``shufflenet_v1``.
+
+    Each count is the paper's 1x count times ``width_mult``, rounded to the
+    nearest multiple (halves up) of ``groups`` for the stem and of ``4 * groups``
+    for the stages, so that every unit's bottleneck (a quarter of its output) and
+    every grouped conv's channels divide by ``groups``. At 1x the counts are
+    Table 1's exactly: stem 24, Stage 2 144 / 200 / 240 / 272 / 384 for
+    g = 1 / 2 / 3 / 4 / 8, doubling per stage.
+    """
+    if groups not in STAGE2_CHANNELS:
+        raise ValueError(f"shufflenet_v1: expected groups in {sorted(STAGE2_CHANNELS)}, got {groups}")
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
+        raise ValueError(f"shufflenet_v1: expected width_mult to be a positive number, got {width_mult!r}")
+    stem = _round_to_multiple(max(MIN_STEM_CHANNELS, STEM_CHANNELS * width_mult), groups)
+    stages = tuple(
+        _round_to_multiple(STAGE2_CHANNELS[groups] * 2**i * width_mult, 4 * groups) for i in range(3)
+    )
+    return stem, stages
+
+
+def _fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d, output_shuffle: int | None = None):
+    """(weight, bias) of a bias-free conv followed by ``bn`` in eval mode. With
+    ``output_shuffle``, ``bn`` normalizes the conv's shuffled output: its channel
+    c belongs to the conv's channel that the shuffle sends to c."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if output_shuffle not in (None, 1):
+        channels = scale.shape[0]
+        # The inverse of a shuffle by g is the shuffle by channels / g.
+        scale, bias = (
+            reference.channel_shuffle(t.view(1, channels, 1), channels // output_shuffle).view(channels)
+            for t in (scale, bias)
+        )
+    return weight * scale.view(-1, 1, 1, 1), bias
+
+
+class ShuffleUnit(nn.Module):
+    """The ShuffleNet unit (paper, Fig. 2 b/c): 1x1 GConv -> BN -> ReLU -> shuffle ->
+    3x3 depthwise conv (stride 1 or 2) -> BN -> 1x1 GConv -> BN, then ReLU of the
+    sum with the input (stride 1) or of the concat with a 3x3 average pool of the
+    input (stride 2). ``first_grouped=False`` makes the first 1x1 conv dense."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int, first_grouped: bool = True):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"ShuffleUnit: expected stride 1 or 2, got {stride}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"ShuffleUnit: a stride-1 unit adds its input, so expected in_channels ({in_channels}) "
+                f"== out_channels ({out_channels})"
+            )
+        bottleneck = out_channels // 4
+        branch_channels = out_channels - in_channels if stride == 2 else out_channels
+        self.stride = stride
+        self.groups = groups
+        shuffle = groups if groups > 1 else None
+        self.compress = PointwiseGroupConv2d(
+            in_channels, bottleneck, groups=groups if first_grouped else 1, bias=False, output_shuffle=shuffle
+        )
+        self.compress_bn = nn.BatchNorm2d(bottleneck)
+        self.depthwise = nn.Conv2d(bottleneck, bottleneck, 3, stride, 1, groups=bottleneck, bias=False)
+        self.depthwise_bn = nn.BatchNorm2d(bottleneck)
+        self.expand = PointwiseGroupConv2d(bottleneck, branch_channels, groups=groups, bias=False)
+        self.expand_bn = nn.BatchNorm2d(branch_channels)
+
+    def _batch_statistics(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.compress_bn(self.compress(x)))
+        y = self.depthwise_bn(self.depthwise(y))
+        return self.expand_bn(self.expand(y))
+
+    def _folded(self, x: torch.Tensor, relu_after: bool) -> torch.Tensor:
+        compress, expand = self.compress, self.expand
+        weight, bias = _fold_batch_norm(compress.weight, self.compress_bn, compress.output_shuffle)
+        y = pointwise_group_conv(
+            x, weight, bias, compress.groups, output_shuffle=compress.output_shuffle, relu=True
+        )
+        weight, bias = _fold_batch_norm(self.depthwise.weight, self.depthwise_bn)
+        y = F.conv2d(y, weight, bias, self.stride, 1, groups=self.depthwise.groups)
+        weight, bias = _fold_batch_norm(expand.weight, self.expand_bn)
+        return pointwise_group_conv(y, weight, bias, expand.groups, relu=relu_after)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            main = self._batch_statistics(x) if self.training else self._folded(x, relu_after=False)
+            return F.relu(x + main)
+        shortcut = F.relu(F.avg_pool2d(x, 3, 2, 1))
+        if self.training:
+            return torch.cat((shortcut, F.relu(self._batch_statistics(x))), 1)
+        return torch.cat((shortcut, self._folded(x, relu_after=True)), 1)
+
+
+class ShuffleNetV1(nn.Module):
+    """ShuffleNet v1 (paper, Table 1); see :func:`shufflenet_v1`."""
+
+    def __init__(self, groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000):
+        super().__init__()
+        stem, stages = shufflenet_v1_channels(groups, width_mult)
+        self.groups = groups
+        self.width_mult = width_mult
+        self.conv1 = nn.Conv2d(3, stem, 3, 2, 1, bias=False)
+        self.conv1_bn = nn.BatchNorm2d(stem)
+        in_channels = stem
+        for index, (repeats, out_channels) in enumerate(zip(STAGE_REPEATS, stages)):
+            units = [ShuffleUnit(in_channels, out_channels, groups, 2, first_grouped=index > 0)]
+            units += [ShuffleUnit(out_channels, out_channels, groups, 1) for _ in range(repeats - 1)]
+            setattr(self, f"stage{index + 2}", nn.Sequential(*units))
+            in_channels = out_channels
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = F.relu(self.conv1_bn(self.conv1(x)))
+        else:
+            weight, bias = _fold_batch_norm(self.conv1.weight, self.conv1_bn)
+            x = F.relu(F.conv2d(x, weight, bias, 2, 1))
+        x = F.max_pool2d(x, 3, 2, 1)
+        x = self.stage4(self.stage3(self.stage2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000) -> ShuffleNetV1:
+    """ShuffleNet v1 with ``groups`` in {1, 2, 3, 4, 8} ("ShuffleNet width_mult x, g = groups").
+
+    Table 1 of the paper at 1x: a 3x3 stride-2 conv to 24 channels and a 3x3
+    stride-2 max pool, then Stages 2-4 of 4 / 8 / 4 units (the first of each with
+    stride 2) with Stage 2 output channels 144 / 200 / 240 / 272 / 384 for
+    g = 1 / 2 / 3 / 4 / 8, doubling per stage, global average pool and a linear
+    classifier. Each unit's bottleneck has a quarter of its output channels;
+    the first 1x1 conv of Stage 2 is not grouped.
+
+    Widths: every channel count is the 1x count times ``width_mult`` rounded to
+    the nearest multiple (halves up) of ``groups`` (stem) or ``4 * groups``
+    (stages); see :func:`shufflenet_v1_channels`. The paper's widths are
+    0.25, 0.5, 1, 1.5 and 2; other positive values are accepted.
+    """
+    return ShuffleNetV1(groups, width_mult, num_classes)
