@@ -276,52 +276,86 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
 
 // ---------------------------------------------------------------- grad_weight
 
-// The reduction over N * H * W is split into a fixed number of slices, chosen
-// from the problem size alone, and the partial sums are added in slice order:
-// the result does not depend on the thread count or scheduling.
+// grad_weight[j*M + m][k] = sum over pixels q of grad_out(q, out_channel[j*M+m]) * x(q, in_channel[j*K+k]).
+// The reduction runs over pixel chunks: the side with fewer channels is
+// gathered into a small zero-padded [chunk][channels] panel (the vector
+// operand, cache resident), the other side is read in place as the broadcast
+// operand. The same code serves both layouts through `pixel_offset`.
+//
+// The pixels are split into a fixed number of slices, chosen from the problem
+// size alone, and the per-slice partial sums are added in slice order: the
+// result does not depend on the thread count or scheduling.
 constexpr int64_t kPixelsPerSlice = 2048;
 constexpr int64_t kMaxSlices = 32;
+// Pixels per panel: long enough to amortize adding each finished tile into the
+// partial sums, short enough for the panel to stay in L2.
+constexpr int64_t kPanelBytes = 128 * 1024;
+constexpr int64_t kMaxReductionChunk = 512;
+
+struct ActivationLayout {
+  int64_t channels;
+  int64_t pixels;  // H * W
+  bool pixel_major;
+  int64_t channel_stride() const { return pixel_major ? 1 : pixels; }
+  // Offset of flattened pixel q = n * pixels + p, channel 0.
+  int64_t pixel_offset(int64_t q) const {
+    return pixel_major ? q * channels : (q / pixels) * channels * pixels + q % pixels;
+  }
+};
 
 template <typename T>
-void grad_weight_slice_channel_major(const ConvProblem& p, const ChannelTables& t, const T* gy,
-                                     const T* x, int64_t j, int64_t q0, int64_t q1,
-                                     acc_t<T>* partial) {
-  const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
-  std::vector<const T*> grad_rows(M), input_rows(K);
-  for (int64_t m = 0; m < M; ++m) grad_rows[m] = gy + t.out_channel[j * M + m] * HW;
-  for (int64_t k = 0; k < K; ++k) input_rows[k] = x + t.in_channel[j * K + k] * HW;
-  const RowDotOperands<T> g{grad_rows.data(), input_rows.data(), HW, p.out_channels * HW,
-                            p.in_channels * HW};
-  row_dots(g, M, K, q0, q1, partial + j * M * K, K);
-}
-
-template <typename T>
-void grad_weight_slice_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* gy,
-                                   const T* x, int64_t j, int64_t q0, int64_t q1,
-                                   acc_t<T>* partial) {
+void grad_weight_rows(const ConvProblem& p, const ChannelTables& t, const T* gy, const T* x,
+                      bool pixel_major, int64_t j, int64_t row_begin, int64_t row_end, int64_t q0,
+                      int64_t q1, acc_t<T>* partial) {
   const int64_t K = p.in_per_group(), M = p.out_per_group();
-  const int64_t K_padded = round_up(K, kLanes<T>);
-  const std::vector<int64_t> pixel_offsets = iota(kPixelChunk, p.out_channels);
-  std::vector<const T*> grad_rows(M), input_rows(kPixelChunk);
-  // Group j's input channels of a pixel chunk, gathered into a padded panel.
-  std::vector<T> panel(kPixelChunk * K_padded, T(0));
-  for (int64_t r = 0; r < kPixelChunk; ++r) input_rows[r] = panel.data() + r * K_padded;
-  for (int64_t c0 = q0; c0 < q1; c0 += kPixelChunk) {
-    const int64_t rows = std::min(kPixelChunk, q1 - c0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* pixel = x + (c0 + r) * p.in_channels;
-      T* dst = panel.data() + r * K_padded;
-      for (int64_t k = 0; k < K; ++k) dst[k] = pixel[t.in_channel[j * K + k]];
+  const ActivationLayout gy_layout{p.out_channels, p.pixels(), pixel_major};
+  const ActivationLayout x_layout{p.in_channels, p.pixels(), pixel_major};
+  // The panel holds the side with fewer channels; the rows are the other side.
+  const bool rows_are_grad = K <= M;
+  const int64_t panel_channels = rows_are_grad ? K : M;
+  const ActivationLayout& row_layout = rows_are_grad ? gy_layout : x_layout;
+  const ActivationLayout& panel_layout = rows_are_grad ? x_layout : gy_layout;
+  const T* row_data = rows_are_grad ? gy : x;
+  const T* panel_data = rows_are_grad ? x : gy;
+  const int64_t* row_channel = rows_are_grad ? t.out_channel.data() + j * M : t.in_channel.data() + j * K;
+  const int64_t* panel_channel = rows_are_grad ? t.in_channel.data() + j * K : t.out_channel.data() + j * M;
+
+  const int64_t rows = row_end - row_begin;
+  const int64_t padded_channels = round_up(panel_channels, kLanes<T>);
+  const int64_t chunk = std::clamp<int64_t>(kPanelBytes / (padded_channels * sizeof(T)), 1,
+                                            kMaxReductionChunk);
+  std::vector<T> panel(chunk * padded_channels, T(0));
+  std::vector<const T*> panel_rows(chunk), a_rows(rows);
+  std::vector<int64_t> a_offsets(chunk);
+  for (int64_t i = 0; i < chunk; ++i) panel_rows[i] = panel.data() + i * padded_channels;
+  for (int64_t r = 0; r < rows; ++r)
+    a_rows[r] = row_data + row_channel[row_begin + r] * row_layout.channel_stride();
+  acc_t<T>* out = partial + j * M * K;
+
+  for (int64_t c0 = q0; c0 < q1; c0 += chunk) {
+    const int64_t depth = std::min(chunk, q1 - c0);
+    for (int64_t i = 0; i < depth; ++i) {
+      a_offsets[i] = row_layout.pixel_offset(c0 + i);
+      const T* pixel = panel_data + panel_layout.pixel_offset(c0 + i);
+      T* dst = panel.data() + i * padded_channels;
+      for (int64_t c = 0; c < panel_channels; ++c)
+        dst[c] = pixel[panel_channel[c] * panel_layout.channel_stride()];
     }
-    for (int64_t m = 0; m < M; ++m) grad_rows[m] = gy + c0 * p.out_channels + t.out_channel[j * M + m];
-    GemmOperands<T> g{grad_rows.data(), pixel_offsets.data(), input_rows.data(), rows};
+    GemmOperands<T> g{a_rows.data(), a_offsets.data(), panel_rows.data(), depth};
     g.b_rows_padded = true;
-    acc_t<T>* out = partial + j * M * K;
-    gemm(g, M, 0, K,
+    gemm(g, rows, 0, panel_channels,
          [&](int64_t r0, int64_t nrows, int64_t col0, int64_t cols, const acc_t<T>* tile) {
-           for (int64_t r = 0; r < nrows; ++r)
-             for (int64_t c = 0; c < cols; ++c)
-               out[(r0 + r) * K + col0 + c] += tile[r * kTileVectors * kLanes<T> + c];
+           for (int64_t r = 0; r < nrows; ++r) {
+             const int64_t row = row_begin + r0 + r;
+             for (int64_t c = 0; c < cols; ++c) {
+               const acc_t<T> v = tile[r * kTileVectors * kLanes<T> + c];
+               if (rows_are_grad) {
+                 out[row * K + col0 + c] += v;
+               } else {
+                 out[(col0 + c) * K + row] += v;
+               }
+             }
+           }
          });
   }
 }
@@ -330,7 +364,7 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
                            int64_t input_shuffle, int64_t output_shuffle) {
   const ConvProblem p = check_grad_weight(grad_out_in, x_in, groups, input_shuffle, output_shuffle);
   check_cpu_dtype(x_in);
-  const int64_t K = p.in_per_group();
+  const int64_t K = p.in_per_group(), M = p.out_per_group();
   at::Tensor gw = at::empty({p.out_channels, K, 1, 1}, x_in.options());
   const int64_t total_pixels = p.batch * p.pixels();
   if (gw.numel() == 0) return gw;
@@ -344,23 +378,27 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
   const int64_t slices =
       std::clamp<int64_t>((total_pixels + kPixelsPerSlice - 1) / kPixelsPerSlice, 1, kMaxSlices);
   const int64_t per_slice = (total_pixels + slices - 1) / slices;
+  // Split the broadcast-side rows too when groups x slices alone cannot feed the threads.
+  const int64_t row_count = std::max(K, M);
+  const int64_t wanted_tasks = 4 * at::get_num_threads();
+  const int64_t row_splits = std::clamp<int64_t>(wanted_tasks / (p.groups * slices), 1,
+                                                 (row_count + kTileRows - 1) / kTileRows);
+  const int64_t rows_per_split = round_up((row_count + row_splits - 1) / row_splits, kTileRows);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "grad_weight_cpu", [&] {
     using A = acc_t<scalar_t>;
     const int64_t slice_size = p.out_channels * K;
     std::vector<A> partials(slices * slice_size, A(0));
     const scalar_t* gy_data = gy.const_data_ptr<scalar_t>();
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    at::parallel_for(0, p.groups * slices, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.groups * slices * row_splits, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t j = task % p.groups, s = task / p.groups;
+        const int64_t split = task % row_splits, j = task / row_splits % p.groups;
+        const int64_t s = task / row_splits / p.groups;
         const int64_t q0 = s * per_slice, q1 = std::min(total_pixels, q0 + per_slice);
-        if (q0 >= q1) continue;
-        A* partial = partials.data() + s * slice_size;
-        if (pixel_major) {
-          grad_weight_slice_pixel_major(p, tables, gy_data, x_data, j, q0, q1, partial);
-        } else {
-          grad_weight_slice_channel_major(p, tables, gy_data, x_data, j, q0, q1, partial);
-        }
+        const int64_t r0 = split * rows_per_split, r1 = std::min(row_count, r0 + rows_per_split);
+        if (q0 >= q1 || r0 >= r1) continue;
+        grad_weight_rows(p, tables, gy_data, x_data, pixel_major, j, r0, r1, q0, q1,
+                         partials.data() + s * slice_size);
       }
     });
     scalar_t* out = gw.mutable_data_ptr<scalar_t>();
