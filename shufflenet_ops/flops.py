@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from math import prod
 
+import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .ops import NATIVE, OpFamily
+from .ops import NAMESPACE, NATIVE, OpFamily
 
 _registered: set[str] = set()
 
@@ -25,7 +26,9 @@ def _conv_flops(activation_shape, weight_shape) -> int:
 
 
 def register_flop_formulas(family: OpFamily) -> None:
-    """Registers the formulas for one op family (idempotent)."""
+    """Registers the formulas for one op family (idempotent). The families
+    defined before this module is imported are registered on import; a family
+    defined later (``ops.define_family``) needs this call."""
     if family.prefix in _registered:
         return
 
@@ -44,4 +47,14 @@ def register_flop_formulas(family: OpFamily) -> None:
     _registered.add(family.prefix)
 
 
-register_flop_formulas(NATIVE)
+def _defined_families() -> list[OpFamily]:
+    """The native family and the prefixed copies defined so far (e.g. the Triton backend's)."""
+    suffix = "pointwise_group_conv"
+    names = torch._C._dispatch_get_all_op_names()
+    prefixes = {name[len(NAMESPACE) + 2 : -len(suffix)] for name in names
+                if name.startswith(f"{NAMESPACE}::") and name.endswith(suffix)}
+    return [NATIVE] + [OpFamily(prefix) for prefix in sorted(prefixes) if prefix]
+
+
+for _family in _defined_families():
+    register_flop_formulas(_family)

@@ -43,3 +43,13 @@ def test_pointwise_group_conv_counts_like_one_dense_conv_per_group(groups, input
 def test_channel_shuffle_is_free_like_torch_channel_shuffle():
     x = torch.randn(2, 12, 4, 4, requires_grad=True)
     assert count(lambda t: so.channel_shuffle(t, 3) * 2, x) == count(lambda t: torch.channel_shuffle(t, 3) * 2, x)
+
+
+def test_every_defined_op_family_has_formulas():
+    from torch.utils.flop_counter import flop_registry
+
+    from shufflenet_ops.flops import _defined_families
+
+    for family in _defined_families():
+        for op in (family.pointwise_group_conv, family.grad_input, family.grad_weight):
+            assert op in flop_registry, op

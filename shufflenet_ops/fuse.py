@@ -1,0 +1,359 @@
+"""``so.fuse``: rewrites a model written with stock PyTorch ops to use the fused ops.
+
+The model is captured with ``torch.export`` (so shuffles written inside methods
+that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
+
+* every channel shuffle becomes ``so.channel_shuffle``; recognized forms are
+  ``torch.channel_shuffle`` / ``nn.ChannelShuffle`` / ``F.channel_shuffle`` and
+  the idiom ``view|reshape -> transpose|permute -> [contiguous] -> view|reshape|flatten``
+  over a (a, b) split of the channels, in either order ((g, n) or (n, g));
+* a 1x1 convolution (stride 1, no padding, any groups) whose input is a shuffle
+  used only by it, or whose output reaches a shuffle through an optional
+  BatchNorm and ReLU, becomes one ``so.pointwise_group_conv`` that also does the
+  shuffle(s), the ReLU and (in eval) the BatchNorm folded into its weights.
+
+In training mode a BatchNorm normalizes with batch statistics, so it cannot be
+folded: a conv then fuses only the shuffle before it and, where no BatchNorm
+sits between them, the ReLU and shuffle after it. Everything fused is then
+exact up to floating-point rounding of the folded weights.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from .functional import channel_shuffle, pointwise_group_conv
+
+__all__ = ["FuseError", "FuseReport", "fuse"]
+
+aten = torch.ops.aten
+_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+_COPIES = {aten.contiguous.default, aten.clone.default}
+_STOCK_SHUFFLES = {aten.channel_shuffle.default, aten.native_channel_shuffle.default}
+_CONVS = {aten.conv2d.default, aten.convolution.default}
+_RELUS = {aten.relu.default, aten.relu_.default}
+
+SHUFFLE_OP = "channel shuffle written as torch.channel_shuffle / nn.ChannelShuffle"
+SHUFFLE_IDIOM = "channel shuffle written as reshape -> transpose -> reshape"
+INPUT_SHUFFLE = "shuffle fused into the following 1x1 conv"
+OUTPUT_SHUFFLE = "shuffle fused into the preceding 1x1 conv"
+BATCH_NORM = "BatchNorm folded into a fused 1x1 conv"
+RELU = "ReLU fused into a 1x1 conv"
+STANDALONE = "shuffle left standalone (so.channel_shuffle)"
+
+
+class FuseError(RuntimeError):
+    """The model could not be captured or rewritten."""
+
+
+@dataclass
+class FuseReport:
+    """What ``fuse`` did: pattern -> number of occurrences."""
+
+    training: bool
+    counts: Counter = field(default_factory=Counter)
+
+    @property
+    def shuffles_found(self) -> int:
+        return self.counts[SHUFFLE_OP] + self.counts[SHUFFLE_IDIOM]
+
+    def __str__(self) -> str:
+        mode = "train" if self.training else "eval"
+        lines = [f"so.fuse ({mode} mode):"]
+        lines += [f"  {count:4d}  {pattern}" for pattern, count in self.counts.items() if count]
+        if len(lines) == 1:
+            lines.append("  nothing to fuse: no channel shuffle found")
+        return "\n".join(lines)
+
+
+def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbose: bool = False) -> fx.GraphModule:
+    """Returns a module computing what ``model`` computes, with its channel
+    shuffles and the 1x1 convs next to them running as fused ops.
+
+    ``example_inputs``: a tensor or a tuple of positional arguments. The model is
+    captured in its current mode (train or eval), and the result computes that
+    mode's function; with ``dynamic_batch`` the batch size of tensor inputs may
+    differ between calls (unless the example's batch is 1). The returned module
+    shares the model's parameters except the folded ones (in eval), which are
+    copies taken now. ``result.fuse_report`` counts what was fused per pattern;
+    ``verbose`` prints it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse: expected model to be a torch.nn.Module, got {type(model).__name__}")
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    gm = _capture(model, args, dynamic_batch)
+    report = FuseReport(training=model.training)
+    _replace_shuffles(gm.graph, report)
+    _fuse_convs(gm, report)
+    report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is channel_shuffle)
+    gm.graph.lint()
+    gm.recompile()
+    gm.fuse_report = report
+    if verbose:
+        print(report)
+    if not report.shuffles_found:
+        warnings.warn(f"so.fuse: found no channel shuffle in {type(model).__name__}; nothing was fused", stacklevel=2)
+    return gm
+
+
+def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> fx.GraphModule:
+    dynamic_shapes = None
+    if dynamic_batch:
+        dynamic_shapes = tuple(
+            {0: torch.export.Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args
+        )
+    try:
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+    except Exception as error:
+        raise FuseError(
+            f"so.fuse: torch.export could not capture {type(model).__name__} with the given example_inputs "
+            f"({type(error).__name__}: {error}). so.fuse needs a model that torch.export can trace; "
+            f"check that example_inputs are what forward() takes, or pass dynamic_batch=False."
+        ) from error
+    return program.module()
+
+
+def _val(node):
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dim() == b.dim() and all(str(x) == str(y) for x, y in zip(a.shape, b.shape))
+
+
+def _only_user(node: fx.Node):
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _is_call(node, targets) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def _swaps_dims_1_and_2(node: fx.Node) -> bool:
+    if node.target is aten.transpose.int:
+        return {node.args[1] % 5, node.args[2] % 5} == {1, 2}
+    if node.target is aten.permute.default:
+        return [d % 5 for d in node.args[1]] == [0, 2, 1, 3, 4]
+    return False
+
+
+def _flattens_dims_1_and_2(node: fx.Node) -> bool:
+    if not _is_call(node, {aten.flatten.using_ints}):
+        return False
+    a = _call_arguments(node)
+    return (a["start_dim"] % 5, a["end_dim"] % 5) == (1, 2)
+
+
+def _match_shuffle(node: fx.Node):
+    """(input, groups, pattern, nodes to drop) if ``node`` ends a channel shuffle."""
+    if _is_call(node, _STOCK_SHUFFLES):
+        return node.args[0], node.args[1], SHUFFLE_OP, [node]
+    out = _val(node)
+    if not (_is_call(node, _VIEWS) or _flattens_dims_1_and_2(node)) or out is None or out.dim() != 4:
+        return None
+    chain, current = [node], node.args[0]
+    while _is_call(current, _COPIES) and len(current.users) == 1:
+        if current.target is aten.clone.default and current.kwargs.get("memory_format") not in (
+            None, torch.contiguous_format,
+        ):
+            return None
+        chain.append(current)
+        current = current.args[0]
+    if not (_is_call(current, {aten.transpose.int, aten.permute.default}) and len(current.users) == 1):
+        return None
+    if not _swaps_dims_1_and_2(current):
+        return None
+    chain.append(current)
+    split = current.args[0]
+    split_val = _val(split)
+    if not (_is_call(split, _VIEWS) and len(split.users) == 1 and split_val is not None and split_val.dim() == 5):
+        return None
+    chain.append(split)
+    x = split.args[0]
+    x_val = _val(x)
+    if x_val is None or not _same_shape(x_val, out):
+        return None
+    groups, per_group = split_val.shape[1], split_val.shape[2]
+    if not (isinstance(groups, int) and isinstance(per_group, int) and groups * per_group == out.shape[1]):
+        return None
+    if [str(s) for s in split_val.shape[3:]] != [str(s) for s in out.shape[2:]] or str(split_val.shape[0]) != str(
+        out.shape[0]
+    ):
+        return None
+    return x, groups, SHUFFLE_IDIOM, chain
+
+
+def _erase_unused(graph: fx.Graph, nodes) -> None:
+    for node in nodes:
+        if not node.users:
+            graph.erase_node(node)
+
+
+def _replace_shuffles(graph: fx.Graph, report: FuseReport) -> None:
+    for node in list(graph.nodes):
+        if node.graph is not graph or node.op != "call_function":
+            continue
+        match = _match_shuffle(node)
+        if match is None:
+            continue
+        x, groups, pattern, chain = match
+        with graph.inserting_before(node):
+            shuffle = graph.call_function(channel_shuffle, (x, groups))
+        shuffle.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(shuffle)
+        _erase_unused(graph, chain)
+        report.counts[pattern] += 1
+
+
+def _is_so_shuffle(node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target is channel_shuffle
+
+
+def _call_arguments(node: fx.Node) -> dict:
+    schema = node.target._schema
+    values = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
+    values.update(zip((a.name for a in schema.arguments), node.args))
+    values.update(node.kwargs)
+    return values
+
+
+def _pointwise_conv(node: fx.Node):
+    """(x, weight, bias, groups) if ``node`` is a 1x1, stride-1, unpadded 2-D convolution."""
+    if not _is_call(node, _CONVS):
+        return None
+    a = _call_arguments(node)
+    if a.get("transposed", False):
+        return None
+    weight, x = _val(a["weight"]), _val(a["input"])
+    if weight is None or x is None or x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
+        return None
+    if any(s != 1 for s in a["stride"]) or any(p != 0 for p in a["padding"]):
+        return None
+    return a["input"], a["weight"], a["bias"], a["groups"]
+
+
+def _eval_batch_norm(node):
+    """(output node, nodes to drop, weight, bias, mean, var, eps) of an eval-mode BatchNorm whose
+    parameters are attributes of the module, else None."""
+    if _is_call(node, {aten.batch_norm.default}):
+        a = _call_arguments(node)
+        if a["training"]:
+            return None
+        out, drop = node, [node]
+    elif _is_call(node, {aten._native_batch_norm_legit_no_training.default}):
+        a = _call_arguments(node)
+        if not all(_is_call(u, {operator.getitem}) for u in node.users):
+            return None
+        used = [u for u in node.users if u.users]
+        if len(used) != 1 or used[0].args[1] != 0:
+            return None
+        out, drop = used[0], [*node.users, node]
+    else:
+        return None
+    params = [a["weight"], a["bias"], a["running_mean"], a["running_var"]]
+    if not all(p is None or (isinstance(p, fx.Node) and p.op == "get_attr") for p in params):
+        return None
+    if a["running_mean"] is None or a["running_var"] is None:
+        return None
+    return (out, drop, *params, a["eps"])
+
+
+def _attribute(gm: fx.GraphModule, node):
+    if node is None:
+        return None
+    module_path, _, name = node.target.rpartition(".")
+    return getattr(gm.get_submodule(module_path), name)
+
+
+def _fold(gm, weight_node, bias_node, bn):
+    _, _, gamma, beta, mean, var, eps = bn
+    weight = _attribute(gm, weight_node)
+    dtype = weight.dtype
+    with torch.no_grad():
+        scale = _attribute(gm, var).double().add(eps).rsqrt()
+        if gamma is not None:
+            scale = scale * _attribute(gm, gamma).double()
+        bias = _attribute(gm, bias_node)
+        bias = bias.double() if bias is not None else torch.zeros_like(scale)
+        bias = (bias - _attribute(gm, mean).double()) * scale
+        if beta is not None:
+            bias = bias + _attribute(gm, beta).double()
+        folded = weight.double() * scale.view(-1, 1, 1, 1)
+    return nn.Parameter(folded.to(dtype), weight.requires_grad), nn.Parameter(bias.to(dtype), weight.requires_grad)
+
+
+def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
+    graph = gm.graph
+    attributes_before = {n for n in graph.nodes if n.op == "get_attr" and n.users}
+    fused = 0
+    for node in list(graph.nodes):
+        if node.graph is not graph:
+            continue
+        conv = _pointwise_conv(node)
+        if conv is None:
+            continue
+        x, weight, bias, groups = conv
+        drop, input_shuffle = [node], None
+        if _is_so_shuffle(x) and len(x.users) == 1:
+            x, input_shuffle = x.args[0], x.args[1]
+            drop.append(node.args[0])
+
+        tail, bn, relu, output_shuffle = node, None, False, None
+        bn_match = None if report.training else _eval_batch_norm(_only_user(tail))
+        if bn_match is not None:
+            bn, tail = bn_match, bn_match[0]
+        if _is_call(_only_user(tail), _RELUS):
+            relu, tail = True, _only_user(tail)
+        if _is_so_shuffle(_only_user(tail)):
+            output_shuffle, tail = _only_user(tail).args[1], _only_user(tail)
+        if input_shuffle is None and output_shuffle is None:
+            continue
+
+        if bn is not None:
+            folded_weight, folded_bias = _fold(gm, weight, bias, bn)
+            names = f"fused_conv{fused}_weight", f"fused_conv{fused}_bias"
+            gm.register_parameter(names[0], folded_weight)
+            gm.register_parameter(names[1], folded_bias)
+            with graph.inserting_before(tail):
+                weight, bias = graph.get_attr(names[0]), graph.get_attr(names[1])
+        with graph.inserting_before(tail):
+            new = graph.call_function(
+                pointwise_group_conv, (x, weight, bias, groups),
+                {"input_shuffle": input_shuffle, "output_shuffle": output_shuffle, "relu": relu},
+            )
+        new.meta["val"] = tail.meta.get("val")
+        chain, current = [], tail
+        while current is not node:  # tail back to the conv, through the ReLU and the BatchNorm
+            if bn is not None and current is bn[0]:
+                chain += bn[1]
+                current = bn[1][-1].args[0]
+            else:
+                chain.append(current)
+                current = current.args[0]
+        tail.replace_all_uses_with(new)
+        _erase_unused(graph, chain + drop)
+        fused += 1
+        report.counts[INPUT_SHUFFLE] += input_shuffle is not None
+        report.counts[OUTPUT_SHUFFLE] += output_shuffle is not None
+        report.counts[BATCH_NORM] += bn is not None
+        report.counts[RELU] += relu
+    _delete_unused_attributes(gm, attributes_before)
+
+
+def _delete_unused_attributes(gm: fx.GraphModule, attributes_before) -> None:
+    """Drops the conv and BatchNorm tensors that only the folded convs used."""
+    still_used = {n.target for n in gm.graph.nodes if n.op == "get_attr" and n.users}
+    for node in attributes_before:
+        if node.users:
+            continue
+        gm.graph.erase_node(node)
+        if node.target not in still_used:
+            module_path, _, name = node.target.rpartition(".")
+            delattr(gm.get_submodule(module_path), name)

@@ -1,0 +1,321 @@
+"""so.fuse on models this project did not write: every way of writing a shuffle,
+a ShuffleNet v1 written like published code, and torchvision's real
+shufflenet_v2_x1_0. The fused module must compute the original's function
+(outputs, and in train mode gradients and BatchNorm statistics) with no stock
+shuffle left in its graph."""
+
+import copy
+import enum
+import glob
+import os
+import subprocess
+import sys
+import types
+import zipfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shufflenet_ops as so
+from shufflenet_ops.fuse import FuseError
+from tests.stock_shufflenet import StockShuffleNetV1, randomize_batch_norms
+
+aten = torch.ops.aten
+STOCK_SHUFFLE_NODES = {aten.channel_shuffle.default, aten.native_channel_shuffle.default, aten.transpose.int,
+                       aten.permute.default}
+
+
+def call_targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def assert_no_stock_shuffle(gm):
+    left = [t for t in call_targets(gm) if t in STOCK_SHUFFLE_NODES]
+    assert not left, f"stock shuffle ops left in the fused graph: {left}"
+
+
+def assert_same_function(model, fused, x, *, train):
+    """Outputs and, in train mode, input/parameter gradients and BatchNorm buffers."""
+    reference = copy.deepcopy(model)
+    x_ref, x_fused = x.clone().requires_grad_(train), x.clone().requires_grad_(train)
+    expected, actual = reference(x_ref), fused(x_fused)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, atol=5e-5 * scale, rtol=5e-5)
+    if not train:
+        return
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    actual.backward(grad)
+    torch.testing.assert_close(x_fused.grad, x_ref.grad, atol=5e-5 * x_ref.grad.abs().max().item(), rtol=5e-5)
+    fused_params = dict(fused.named_parameters())
+    grad_scale = max(p.grad.abs().max().item() for p in reference.parameters())
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(fused_params[name].grad, param.grad, atol=5e-5 * grad_scale, rtol=5e-5,
+                                   msg=lambda m: f"grad of {name}: {m}")
+    fused_buffers = dict(fused.named_buffers())
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(fused_buffers[name], buffer, atol=1e-5, rtol=1e-5)
+
+
+# --- every way of writing a shuffle ---------------------------------------------------------------
+
+def idiom_g_n(x, groups):
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+def idiom_n_g(x, groups):
+    # the inverse order: (n, g) instead of (g, n)
+    batch, channels, height, width = x.size()
+    x = x.reshape(batch, channels // groups, groups, height, width).permute(0, 2, 1, 3, 4)
+    return x.reshape(batch, channels, height, width)
+
+
+def idiom_flatten(x, groups):
+    batch, channels, height, width = x.shape
+    return x.reshape(batch, groups, -1, height, width).transpose(2, 1).flatten(1, 2)
+
+
+SHUFFLES = {
+    "torch.channel_shuffle": lambda g: (lambda x: torch.channel_shuffle(x, g)),
+    "F.channel_shuffle": lambda g: (lambda x: F.channel_shuffle(x, g)),
+    "nn.ChannelShuffle": nn.ChannelShuffle,
+    "view-transpose-contiguous-view (g, n)": lambda g: (lambda x: idiom_g_n(x, g)),
+    "reshape-permute-reshape (n, g)": lambda g: (lambda x: idiom_n_g(x, g)),
+    "reshape-transpose-flatten": lambda g: (lambda x: idiom_flatten(x, g)),
+}
+
+
+class Wrap(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class ConvShuffleConv(nn.Module):
+    """conv(g) -> [BN] -> [ReLU] -> shuffle -> conv(g) -> BN -> ReLU -> shuffle (standalone at the end)."""
+
+    def __init__(self, make_shuffle, bn, relu, groups=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(12, 24, 1, groups=groups, bias=not bn)
+        self.bn1 = nn.BatchNorm2d(24) if bn else nn.Identity()
+        self.relu = nn.ReLU() if relu else nn.Identity()
+        self.shuffle = make_shuffle(groups)
+        self.conv2 = nn.Conv2d(24, 24, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(24)
+        self.tail_shuffle = make_shuffle(4)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x):
+        y = self.shuffle(self.relu(self.bn1(self.conv1(x))))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return self.tail_shuffle(self.pool(y))
+
+
+def wrap(shuffle):
+    return lambda g: Wrap(shuffle(g)) if not isinstance(shuffle(g), nn.Module) else shuffle(g)
+
+
+@pytest.mark.parametrize("form", SHUFFLES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("bn,relu", [(True, True), (False, True), (False, False)])
+def test_every_shuffle_form_is_fused(form, mode, bn, relu):
+    torch.manual_seed(0)
+    model = randomize_batch_norms(ConvShuffleConv(wrap(SHUFFLES[form]), bn, relu))
+    getattr(model, mode)()
+    fused = so.fuse(copy.deepcopy(model), torch.randn(4, 12, 6, 6))
+    assert_no_stock_shuffle(fused)
+    counts = fused.fuse_report.counts
+    assert fused.fuse_report.shuffles_found == 2
+    assert counts["shuffle left standalone (so.channel_shuffle)"] == 1  # after the pool
+    middle_fused_into_conv1 = mode == "eval" or not bn  # a train-mode BatchNorm between blocks it
+    assert counts["shuffle fused into the preceding 1x1 conv"] == int(middle_fused_into_conv1)
+    assert counts["shuffle fused into the following 1x1 conv"] == int(not middle_fused_into_conv1)
+    # conv2 is next to no shuffle once conv1 took it, so only bn1 is folded
+    assert counts["BatchNorm folded into a fused 1x1 conv"] == int(mode == "eval" and bn)
+    # another batch size than the example's
+    assert_same_function(model, fused, torch.randn(3, 12, 6, 6), train=mode == "train")
+
+
+def test_fused_module_keeps_channels_last_and_unfused_ops():
+    model = randomize_batch_norms(ConvShuffleConv(wrap(SHUFFLES["torch.channel_shuffle"]), True, True)).eval()
+    x = torch.randn(2, 12, 6, 6).to(memory_format=torch.channels_last)
+    fused = so.fuse(copy.deepcopy(model), x)
+    assert_same_function(model, fused, x, train=False)
+
+
+# --- ShuffleNet v1 the way published code writes it -----------------------------------------------
+
+# Deep models in train mode run in float64: BatchNorm over a few values per channel (late
+# stages of a small input) amplifies float32 rounding in the gradients far beyond what
+# the rewrite changes; float64 shows the rewrite itself is exact.
+DEEP_MODEL_DTYPE = {"eval": torch.float32, "train": torch.float64}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shuffle_after_depthwise", [True, False])
+def test_published_style_shufflenet_v1(mode, shuffle_after_depthwise):
+    torch.manual_seed(0)
+    model = randomize_batch_norms(StockShuffleNetV1(3, 0.25, 10, shuffle_after_depthwise=shuffle_after_depthwise))
+    dtype = DEEP_MODEL_DTYPE[mode]
+    getattr(model.to(dtype), mode)()
+    fused = so.fuse(copy.deepcopy(model), torch.randn(2, 3, 32, 32, dtype=dtype))
+    assert_no_stock_shuffle(fused)
+    report = fused.fuse_report
+    assert report.shuffles_found == 16
+    if shuffle_after_depthwise:  # the shuffle feeds the second 1x1 GConv: fused in both modes
+        assert report.counts["shuffle fused into the following 1x1 conv"] == 16
+    elif mode == "eval":  # conv -> BN -> ReLU -> shuffle: BN folded, all fused
+        assert report.counts["shuffle fused into the preceding 1x1 conv"] == 16
+    else:  # a train-mode BatchNorm sits between the conv and the shuffle: not exact to fuse
+        assert report.counts["shuffle left standalone (so.channel_shuffle)"] == 16
+    assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
+
+
+# --- torchvision's shufflenet_v2_x1_0 ---------------------------------------------------------------
+
+def _torchvision_version_for_installed_torch():
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return f"0.{minor + 15}.*" if major == 2 else None
+
+
+def _find_wheel(directory):
+    wheels = sorted(glob.glob(os.path.join(directory, "torchvision-*.whl")))
+    return wheels[-1] if wheels else None
+
+
+def _torchvision_wheel(cache_dir):
+    """A torchvision wheel: from $TORCHVISION_WHEEL_DIR (CI downloads it there), else from
+    pytest's cache, else downloaded into the cache with pip (no install, no dependencies)."""
+    directory = os.environ.get("TORCHVISION_WHEEL_DIR")
+    if directory and _find_wheel(directory):
+        return _find_wheel(directory), None
+    if _find_wheel(cache_dir):
+        return _find_wheel(cache_dir), None
+    version = _torchvision_version_for_installed_torch()
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"torchvision=={version}", "--dest", str(cache_dir), "--quiet"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"`{' '.join(command)}` failed: {error}"
+    if result.returncode != 0 or not _find_wheel(cache_dir):
+        return None, f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}"
+    return _find_wheel(cache_dir), None
+
+
+def _load_shufflenetv2_from_wheel(wheel):
+    """Executes torchvision/models/shufflenetv2.py from the wheel with the few torchvision
+    utilities it imports stubbed (weights metadata and logging, unused for random weights)."""
+    source = zipfile.ZipFile(wheel).read("torchvision/models/shufflenetv2.py").decode()
+    root = "_torchvision_from_wheel"
+
+    class WeightsEnum(enum.Enum):
+        @classmethod
+        def verify(cls, weights):
+            if weights is not None:
+                raise ValueError("pretrained weights are not available in this test")
+            return weights
+
+    class Weights:
+        def __init__(self, url, transforms, meta):
+            self.url, self.transforms, self.meta = url, transforms, meta
+
+    stubs = {
+        root: {}, f"{root}.models": {}, f"{root}.transforms": {},
+        f"{root}.transforms._presets": {"ImageClassification": type("ImageClassification", (), {})},
+        f"{root}.utils": {"_log_api_usage_once": lambda obj: None},
+        f"{root}.models._api": {"register_model": lambda *a, **k: (lambda fn: fn), "Weights": Weights,
+                                "WeightsEnum": WeightsEnum},
+        f"{root}.models._meta": {"_IMAGENET_CATEGORIES": []},
+        f"{root}.models._utils": {"_ovewrite_named_param": lambda kwargs, name, value: kwargs.update({name: value}),
+                                  "handle_legacy_interface": lambda **k: (lambda fn: fn)},
+    }
+    for name, attributes in stubs.items():
+        module = types.ModuleType(name)
+        module.__path__ = []
+        module.__dict__.update(attributes)
+        sys.modules[name] = module
+    module = types.ModuleType(f"{root}.models.shufflenetv2")
+    module.__package__ = f"{root}.models"
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(source, f"{wheel}!torchvision/models/shufflenetv2.py", "exec"), module.__dict__)
+    finally:
+        for name in [*stubs, module.__name__]:
+            sys.modules.pop(name, None)
+    return module
+
+
+@pytest.fixture(scope="module")
+def torchvision_shufflenetv2(request):
+    try:
+        from torchvision.models import shufflenetv2  # a working torchvision install
+
+        return shufflenetv2
+    except Exception:  # absent, or a build that does not match this torch
+        pass
+    wheel, error = _torchvision_wheel(request.config.cache.mkdir("torchvision-wheel"))
+    if wheel is None:
+        pytest.skip(f"torchvision's shufflenetv2.py cannot be obtained: torchvision does not import and {error}")
+    return _load_shufflenetv2_from_wheel(wheel)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_torchvision_shufflenet_v2_x1_0(torchvision_shufflenetv2, mode):
+    torch.manual_seed(0)
+    model = randomize_batch_norms(torchvision_shufflenetv2.shufflenet_v2_x1_0(num_classes=10))
+    dtype = DEEP_MODEL_DTYPE[mode]
+    getattr(model.to(dtype), mode)()
+    fused = so.fuse(copy.deepcopy(model), torch.randn(2, 3, 32, 32, dtype=dtype))
+    assert_no_stock_shuffle(fused)
+    report = fused.fuse_report
+    assert report.shuffles_found == 16
+    # Each shuffle follows a concat. The last one feeds conv5 alone (fused, with conv5's BN in eval);
+    # the others feed a chunk or two branches and stay standalone.
+    assert report.counts["shuffle fused into the following 1x1 conv"] == 1
+    assert report.counts["shuffle left standalone (so.channel_shuffle)"] == 15
+    assert report.counts["BatchNorm folded into a fused 1x1 conv"] == (1 if mode == "eval" else 0)
+    assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
+
+
+# --- what it tells the user -------------------------------------------------------------------------
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent Python control flow: torch.export cannot capture it
+            return torch.channel_shuffle(x, 2)
+        return x
+
+
+def test_batch_of_one_example_specializes_the_batch_size():
+    model = ConvShuffleConv(wrap(SHUFFLES["torch.channel_shuffle"]), True, True).eval()
+    fused = so.fuse(model, torch.randn(1, 12, 4, 4))
+    assert_same_function(model, fused, torch.randn(1, 12, 4, 4), train=False)
+    with pytest.raises(AssertionError, match="size"):
+        fused(torch.randn(2, 12, 4, 4))
+
+
+def test_capture_failure_raises_a_clear_error():
+    with pytest.raises(FuseError, match="torch.export could not capture DataDependent"):
+        so.fuse(DataDependent(), torch.randn(1, 4, 2, 2))
+
+
+def test_bad_model_argument():
+    with pytest.raises(TypeError, match="model"):
+        so.fuse(lambda x: x, torch.randn(1, 4, 2, 2))
+
+
+def test_warns_when_nothing_to_fuse_and_reports_verbosely(capsys):
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()).eval()
+    with pytest.warns(UserWarning, match="found no channel shuffle"):
+        fused = so.fuse(model, torch.randn(2, 4, 2, 2), verbose=True)
+    assert "nothing to fuse" in capsys.readouterr().out
+    assert_same_function(model, fused, torch.randn(2, 4, 2, 2), train=False)
