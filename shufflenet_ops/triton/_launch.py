@@ -19,6 +19,25 @@ def interpreter_enabled() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
+def fix_interpreter_loop_bounds() -> None:
+    """triton 3.6's interpreter converts a scalar to int with int(ndarray of
+    shape (1,)), which numpy >= 2.4 rejects, so every loop with a runtime bound
+    fails (triton-lang/triton#9171, fixed upstream by #9172). Applies that fix
+    to the interpreter of the installed triton, where it has the same shape."""
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "scalar_index_fixed", False):
+        return
+
+    def patch_tensor_with_scalar_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+    patch_tensor_with_scalar_index.scalar_index_fixed = True
+    interpreter._patch_lang_tensor = patch_tensor_with_scalar_index
+
+
 def check_dtype(t: torch.Tensor, name: str, op: str) -> None:
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(

@@ -7,7 +7,10 @@ import torch
 from .. import backends
 from ..ops import define_family
 from . import channel_shuffle, pointwise_group_conv
-from ._launch import interpreter_enabled
+from ._launch import fix_interpreter_loop_bounds, interpreter_enabled
+
+if interpreter_enabled():
+    fix_interpreter_loop_bounds()
 
 FAMILY = define_family("triton_")
 
