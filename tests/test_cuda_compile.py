@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CUDA_DIR = ROOT / "csrc" / "cuda"
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 ARCHS = ("80", "90")
-# The kernel flags of setup.py's CUDA extension.
-NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+# The kernel flags of setup.py's CUDA extension, and the defines that
+# torch.utils.cpp_extension adds to every nvcc command (no implicit half / bf16
+# conversions or operators).
+NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
+              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+              "-D__CUDA_NO_HALF2_OPERATORS__"]
 
 
 def find_nvcc() -> str | None:

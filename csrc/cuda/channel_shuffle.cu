@@ -19,7 +19,11 @@ template <> struct WordOf<1> { using type = uint8_t; };
 template <> struct WordOf<2> { using type = uint16_t; };
 template <> struct WordOf<4> { using type = uint32_t; };
 template <> struct WordOf<8> { using type = uint64_t; };
-template <> struct WordOf<16> { using type = uint4; };
+// Complex128: 16 bytes, but only 8-byte aligned as a tensor element.
+struct alignas(8) Bytes16 {
+  uint64_t low, high;
+};
+template <> struct WordOf<16> { using type = Bytes16; };
 
 template <typename Word>
 struct alignas(16) Vector {

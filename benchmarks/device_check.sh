@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# GPU check of the CUDA backend, for a machine with torch, triton, nvcc and
+# ninja installed and no network: builds the extension, runs the whole test
+# suite on the GPU, measures copy bandwidth and runs the op benchmarks. Writes
+# under $OUT (default ./device-check): build.log, pytest.log, junit.xml,
+# bench.log, the benchmarks' JSON files and summary.json. Each step has its own
+# time limit; all of them together stay under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# The device's own architecture only: half the build time of the default list.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+PYTHON=${PYTHON:-python3}
+STEPS="$OUT/steps.tsv"
+: >"$STEPS"
+
+# step NAME LIMIT_SECONDS LOG COMMAND...: runs COMMAND under `timeout`, appends its output to LOG.
+step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local start=$SECONDS
+  echo "=== $name: $*" >>"$log"
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >>"$STEPS"
+  echo "$name: exit $rc after $((SECONDS - start)) s"
+  return $rc
+}
+
+{ nvidia-smi; nvcc --version; "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; } >"$OUT/build.log" 2>&1
+step build 150 "$OUT/build.log" "$PYTHON" -m pip install --no-build-isolation --no-deps -e . \
+  && step import 30 "$OUT/build.log" "$PYTHON" -c "
+import torch, shufflenet_ops as so
+assert torch.cuda.is_available()
+print('backends on cuda:', so.available_backends('cuda'))"
+
+step pytest 200 "$OUT/pytest.log" "$PYTHON" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml"
+
+step bench_cuda 45 "$OUT/bench.log" "$PYTHON" benchmarks/bench_cuda.py --json "$OUT/bench_cuda.json"
+if [ -f benchmarks/bench_pointwise_group_conv.py ]; then
+  step bench_pointwise_group_conv 40 "$OUT/bench.log" "$PYTHON" benchmarks/bench_pointwise_group_conv.py \
+    --device cuda --dtype bfloat16 --quick --json "$OUT/bench_pointwise_group_conv.json"
+fi
+if [ -f benchmarks/bench_channel_shuffle.py ]; then
+  step bench_channel_shuffle 25 "$OUT/bench.log" "$PYTHON" benchmarks/bench_channel_shuffle.py \
+    --device cuda --dtype bfloat16 --quick --json "$OUT/bench_channel_shuffle.json"
+fi
+
+OUT="$OUT" "$PYTHON" - <<'PY'
+import json, os, xml.etree.ElementTree as ET
+
+out = os.environ["OUT"]
+summary = {"steps": {}}
+with open(os.path.join(out, "steps.tsv")) as f:
+    for line in f:
+        name, rc, seconds = line.rstrip("\n").split("\t")
+        summary["steps"][name] = {"exit": int(rc), "seconds": int(seconds)}
+try:
+    suite = ET.parse(os.path.join(out, "junit.xml")).getroot()
+    suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
+    summary["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+except (OSError, ET.ParseError) as e:
+    summary["tests"] = {"unavailable": str(e)}
+for name in ("bench_cuda", "bench_pointwise_group_conv", "bench_channel_shuffle"):
+    try:
+        with open(os.path.join(out, f"{name}.json")) as f:
+            data = json.load(f)
+        summary[name] = {"environment": data.get("environment"), "summary": data.get("summary")}
+    except (OSError, ValueError):
+        pass
+with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+print(json.dumps(summary, indent=2))
+PY
+rm -f "$STEPS"
