@@ -56,6 +56,11 @@ _GEMM_CONFIGS = [
         (64, 32, 32, 4, 4),
         (32, 32, 32, 4, 3),
         (32, 16, 32, 4, 3),
+        # channels_last programs hold GROUP_BLOCK groups: smaller tiles per group.
+        (64, 64, 32, 8, 3),
+        (128, 32, 32, 4, 4),
+        (128, 16, 32, 4, 4),
+        (32, 64, 32, 4, 3),
     ]
 ]
 _GRAD_WEIGHT_CONFIGS = [
