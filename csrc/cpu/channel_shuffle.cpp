@@ -15,10 +15,18 @@
 namespace shufflenet_ops::cpu {
 namespace {
 
+// Bytes each thread should copy at least: below that, waking threads costs
+// more than it saves.
+constexpr int64_t kBytesPerTask = 256 * 1024;
+
+int64_t grain(int64_t bytes_per_item) {
+  return std::max<int64_t>(1, kBytesPerTask / std::max<int64_t>(1, bytes_per_item));
+}
+
 template <typename Element>
 void gather_channels(const Element* x, Element* y, int64_t pixels, int64_t channels,
                      const std::vector<int64_t>& source) {
-  at::parallel_for(0, pixels, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, pixels, grain(channels * sizeof(Element)), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const Element* in = x + q * channels;
       Element* out = y + q * channels;
@@ -42,8 +50,7 @@ at::Tensor channel_shuffle_cpu(const at::Tensor& x_in, int64_t groups) {
 
   if (format == at::MemoryFormat::Contiguous) {
     const int64_t plane_bytes = inner * element_size;
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, plane_bytes)),
-                     [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * C, grain(plane_bytes), [&](int64_t begin, int64_t end) {
                        for (int64_t row = begin; row < end; ++row) {
                          const int64_t n = row / C, c = row % C;
                          std::memcpy(dst + row * plane_bytes,
