@@ -78,11 +78,12 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
 
     ``example_inputs``: a tensor or a tuple of positional arguments. The model is
     captured in its current mode (train or eval), and the result computes that
-    mode's function; with ``dynamic_batch`` the batch size of tensor inputs may
-    differ between calls (unless the example's batch is 1). The returned module
-    shares the model's parameters except the folded ones (in eval), which are
-    copies taken now. ``result.fuse_report`` counts what was fused per pattern;
-    ``verbose`` prints it.
+    mode's function; like any ``torch.export`` module it refuses ``train()`` and
+    ``eval()``, so fuse the model again for the other mode. With
+    ``dynamic_batch`` the batch size of tensor inputs may differ between calls
+    (unless the example's batch is 1). The result shares the model's parameters
+    except the folded ones (eval), which are copies taken now.
+    ``result.fuse_report`` counts what was fused per pattern; ``verbose`` prints it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected model to be a torch.nn.Module, got {type(model).__name__}")
@@ -91,7 +92,7 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     report = FuseReport(training=model.training)
     _replace_shuffles(gm.graph, report)
     _fuse_convs(gm, report)
-    report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is channel_shuffle)
+    report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if _is_so_shuffle(n))
     gm.graph.lint()
     gm.recompile()
     gm.fuse_report = report
@@ -239,6 +240,10 @@ def _pointwise_conv(node: fx.Node):
     return a["input"], a["weight"], a["bias"], a["groups"]
 
 
+def _is_attribute(node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr"
+
+
 def _eval_batch_norm(node):
     """(output node, nodes to drop, weight, bias, mean, var, eps) of an eval-mode BatchNorm whose
     parameters are attributes of the module, else None."""
@@ -258,7 +263,7 @@ def _eval_batch_norm(node):
     else:
         return None
     params = [a["weight"], a["bias"], a["running_mean"], a["running_var"]]
-    if not all(p is None or (isinstance(p, fx.Node) and p.op == "get_attr") for p in params):
+    if not all(p is None or _is_attribute(p) for p in params):
         return None
     if a["running_mean"] is None or a["running_var"] is None:
         return None
@@ -306,7 +311,8 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
             drop.append(node.args[0])
 
         tail, bn, relu, output_shuffle = node, None, False, None
-        bn_match = None if report.training else _eval_batch_norm(_only_user(tail))
+        foldable = not report.training and all(t is None or _is_attribute(t) for t in (weight, bias))
+        bn_match = _eval_batch_norm(_only_user(tail)) if foldable else None
         if bn_match is not None:
             bn, tail = bn_match, bn_match[0]
         if _is_call(_only_user(tail), _RELUS):

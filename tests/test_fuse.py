@@ -255,14 +255,16 @@ def _load_shufflenetv2_from_wheel(wheel):
 
 
 @pytest.fixture(scope="module")
-def torchvision_shufflenetv2(request):
+def torchvision_shufflenetv2(request, tmp_path_factory):
     try:
         from torchvision.models import shufflenetv2  # a working torchvision install
 
         return shufflenetv2
     except Exception:  # absent, or a build that does not match this torch
         pass
-    wheel, error = _torchvision_wheel(request.config.cache.mkdir("torchvision-wheel"))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    directory = cache.mkdir("torchvision-wheel") if cache else tmp_path_factory.mktemp("torchvision-wheel")
+    wheel, error = _torchvision_wheel(directory)
     if wheel is None:
         pytest.skip(f"torchvision's shufflenetv2.py cannot be obtained: torchvision does not import and {error}")
     return _load_shufflenetv2_from_wheel(wheel)
