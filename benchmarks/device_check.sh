@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the CUDA backend, for a machine with torch, triton, nvcc and
+# GPU check of the CUDA and Triton backends, for a machine with torch, triton, nvcc and
 # ninja installed and no network: builds the extension, runs the whole test
 # suite on the GPU, measures copy bandwidth and runs the op benchmarks. Writes
 # under $OUT (default ./device-check): build.log, pytest.log, junit.xml,
@@ -40,14 +40,12 @@ print('backends on cuda:', so.available_backends('cuda'))"
 step pytest 200 "$OUT/pytest.log" "$PYTHON" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml"
 
 step bench_cuda 45 "$OUT/bench.log" "$PYTHON" benchmarks/bench_cuda.py --json "$OUT/bench_cuda.json"
-if [ -f benchmarks/bench_pointwise_group_conv.py ]; then
-  step bench_pointwise_group_conv 40 "$OUT/bench.log" "$PYTHON" benchmarks/bench_pointwise_group_conv.py \
-    --device cuda --dtype bfloat16 --quick --json "$OUT/bench_pointwise_group_conv.json"
-fi
-if [ -f benchmarks/bench_channel_shuffle.py ]; then
-  step bench_channel_shuffle 25 "$OUT/bench.log" "$PYTHON" benchmarks/bench_channel_shuffle.py \
-    --device cuda --dtype bfloat16 --quick --json "$OUT/bench_channel_shuffle.json"
-fi
+step bench_triton 45 "$OUT/bench.log" "$PYTHON" benchmarks/bench_triton.py \
+  --device cuda --dtype bfloat16 --quick --json "$OUT/bench_triton.json"
+step bench_pointwise_group_conv 40 "$OUT/bench.log" "$PYTHON" benchmarks/bench_pointwise_group_conv.py \
+  --device cuda --dtype bfloat16 --quick --json "$OUT/bench_pointwise_group_conv.json"
+step bench_channel_shuffle 25 "$OUT/bench.log" "$PYTHON" benchmarks/bench_channel_shuffle.py \
+  --device cuda --dtype bfloat16 --quick --json "$OUT/bench_channel_shuffle.json"
 
 OUT="$OUT" "$PYTHON" - <<'PY'
 import json, os, xml.etree.ElementTree as ET
@@ -64,7 +62,7 @@ try:
     summary["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 except (OSError, ET.ParseError) as e:
     summary["tests"] = {"unavailable": str(e)}
-for name in ("bench_cuda", "bench_pointwise_group_conv", "bench_channel_shuffle"):
+for name in ("bench_cuda", "bench_triton", "bench_pointwise_group_conv", "bench_channel_shuffle"):
     try:
         with open(os.path.join(out, f"{name}.json")) as f:
             data = json.load(f)
