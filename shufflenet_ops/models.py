@@ -23,7 +23,14 @@ from . import reference
 from .functional import pointwise_group_conv
 from .nn import PointwiseGroupConv2d
 
-__all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1", "shufflenet_v1_channels"]
+__all__ = [
+    "ShuffleNetV1",
+    "ShuffleUnit",
+    "UnfusedShuffleNetV1",
+    "shufflenet_v1",
+    "shufflenet_v1_channels",
+    "shufflenet_v1_unfused",
+]
 
 # Table 1: output channels of Stage 2 at 1x, by groups; each later stage doubles them.
 STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
@@ -179,3 +186,71 @@ def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, num_classes: int = 1
     0.25, 0.5, 1, 1.5 and 2; other positive values are accepted.
     """
     return ShuffleNetV1(groups, width_mult, num_classes)
+
+
+class UnfusedShuffleUnit(nn.Module):
+    """A ShuffleNet unit in stock modules; the shuffle is a reshape/permute method."""
+
+    def __init__(self, inp, oup, groups, stride, first_grouped, shuffle_after_depthwise):
+        super().__init__()
+        mid = oup // 4
+        self.groups = groups
+        self.stride = stride
+        self.shuffle_after_depthwise = shuffle_after_depthwise
+        self.conv1 = nn.Conv2d(inp, mid, 1, groups=groups if first_grouped else 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.relu = nn.ReLU(inplace=True)
+        self.dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, oup - inp if stride == 2 else oup, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(oup - inp if stride == 2 else oup)
+
+    def channel_shuffle(self, x):
+        batch, channels, height, width = x.size()
+        x = x.reshape(batch, self.groups, channels // self.groups, height, width)
+        return x.permute(0, 2, 1, 3, 4).reshape(batch, channels, height, width)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        if not self.shuffle_after_depthwise:
+            y = self.channel_shuffle(y)
+        y = self.bn2(self.dw(y))
+        if self.shuffle_after_depthwise:
+            y = self.channel_shuffle(y)
+        y = self.bn3(self.conv2(y))
+        if self.stride == 1:
+            return F.relu(x + y)
+        return F.relu(torch.cat((F.avg_pool2d(x, 3, 2, 1), y), 1))
+
+
+class UnfusedShuffleNetV1(nn.Module):
+    """See :func:`shufflenet_v1_unfused`."""
+
+    def __init__(self, groups=3, width_mult=1.0, num_classes=1000, shuffle_after_depthwise=False):
+        super().__init__()
+        stem, stages = shufflenet_v1_channels(groups, width_mult)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        units, inp = [], stem
+        for index, (repeats, oup) in enumerate(zip(STAGE_REPEATS, stages)):
+            for i in range(repeats):
+                stride, first_grouped = (2 if i == 0 else 1), index > 0 or i > 0
+                units.append(UnfusedShuffleUnit(inp, oup, groups, stride, first_grouped, shuffle_after_depthwise))
+                inp = oup
+        self.features = nn.Sequential(*units)
+        self.fc = nn.Linear(inp, num_classes)
+
+    def forward(self, x):
+        x = self.features(self.maxpool(self.conv1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def shufflenet_v1_unfused(groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000,
+                          shuffle_after_depthwise: bool = False) -> UnfusedShuffleNetV1:
+    """The same network as :func:`shufflenet_v1`, written with stock PyTorch
+    modules only, the way published code writes it: grouped ``nn.Conv2d``,
+    ``nn.BatchNorm2d`` and a channel shuffle that reshapes and permutes, placed
+    after the first 1x1 conv (the paper) or, with ``shuffle_after_depthwise``,
+    after the depthwise conv + BN. It is the unfused baseline that ``so.fuse``,
+    ``FlopCounterMode`` comparisons and the benchmarks start from."""
+    return UnfusedShuffleNetV1(groups, width_mult, num_classes, shuffle_after_depthwise)

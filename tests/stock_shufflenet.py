@@ -1,66 +1,9 @@
-"""A ShuffleNet v1 written with stock PyTorch modules only, the way published
-code writes it: the channel shuffle is a module method that reshapes and
-permutes. It is the independent oracle for ``so.models`` and a model
-``so.fuse`` did not see written."""
+"""Helpers for tests that compare so.models.shufflenet_v1 with its stock-module
+twin, so.models.shufflenet_v1_unfused (written the way published code writes
+it: the channel shuffle is a module method that reshapes and permutes)."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from shufflenet_ops.models import STAGE_REPEATS, shufflenet_v1_channels
-
-
-class StockShuffleUnit(nn.Module):
-    def __init__(self, inp, oup, groups, stride, first_grouped, shuffle_after_depthwise):
-        super().__init__()
-        mid = oup // 4
-        self.groups = groups
-        self.stride = stride
-        self.shuffle_after_depthwise = shuffle_after_depthwise
-        self.conv1 = nn.Conv2d(inp, mid, 1, groups=groups if first_grouped else 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.relu = nn.ReLU(inplace=True)
-        self.dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv2 = nn.Conv2d(mid, oup - inp if stride == 2 else oup, 1, groups=groups, bias=False)
-        self.bn3 = nn.BatchNorm2d(oup - inp if stride == 2 else oup)
-
-    def channel_shuffle(self, x):
-        batch, channels, height, width = x.size()
-        x = x.reshape(batch, self.groups, channels // self.groups, height, width)
-        return x.permute(0, 2, 1, 3, 4).reshape(batch, channels, height, width)
-
-    def forward(self, x):
-        y = self.relu(self.bn1(self.conv1(x)))
-        if not self.shuffle_after_depthwise:
-            y = self.channel_shuffle(y)
-        y = self.bn2(self.dw(y))
-        if self.shuffle_after_depthwise:
-            y = self.channel_shuffle(y)
-        y = self.bn3(self.conv2(y))
-        if self.stride == 1:
-            return F.relu(x + y)
-        return F.relu(torch.cat((F.avg_pool2d(x, 3, 2, 1), y), 1))
-
-
-class StockShuffleNetV1(nn.Module):
-    def __init__(self, groups=3, width_mult=1.0, num_classes=1000, shuffle_after_depthwise=False):
-        super().__init__()
-        stem, stages = shufflenet_v1_channels(groups, width_mult)
-        self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(True))
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        units, inp = [], stem
-        for index, (repeats, oup) in enumerate(zip(STAGE_REPEATS, stages)):
-            for i in range(repeats):
-                units.append(StockShuffleUnit(inp, oup, groups, 2 if i == 0 else 1, index > 0 or i > 0,
-                                              shuffle_after_depthwise))
-                inp = oup
-        self.features = nn.Sequential(*units)
-        self.fc = nn.Linear(inp, num_classes)
-
-    def forward(self, x):
-        x = self.features(self.maxpool(self.conv1(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 def randomize_batch_norms(model, seed=0):
@@ -85,7 +28,7 @@ def inverse_shuffle(t, groups):
 
 
 def load_zoo_weights(stock, zoo):
-    """Copies so.models.shufflenet_v1 weights into a StockShuffleNetV1 (paper
+    """Copies so.models.shufflenet_v1 weights into a shufflenet_v1_unfused (paper
     shuffle placement). The zoo's first BatchNorm of a unit normalizes the
     shuffled channels, the stock one the unshuffled channels."""
     with torch.no_grad():

@@ -20,7 +20,8 @@ from torch import nn
 
 import shufflenet_ops as so
 from shufflenet_ops.fuse import FuseError
-from tests.stock_shufflenet import StockShuffleNetV1, randomize_batch_norms
+from shufflenet_ops.models import shufflenet_v1_unfused
+from tests.stock_shufflenet import randomize_batch_norms
 
 aten = torch.ops.aten
 STOCK_SHUFFLE_NODES = {aten.channel_shuffle.default, aten.native_channel_shuffle.default, aten.transpose.int,
@@ -163,7 +164,7 @@ DEEP_MODEL_DTYPE = {"eval": torch.float32, "train": torch.float64}
 @pytest.mark.parametrize("shuffle_after_depthwise", [True, False])
 def test_published_style_shufflenet_v1(mode, shuffle_after_depthwise):
     torch.manual_seed(0)
-    model = randomize_batch_norms(StockShuffleNetV1(3, 0.25, 10, shuffle_after_depthwise=shuffle_after_depthwise))
+    model = randomize_batch_norms(shufflenet_v1_unfused(3, 0.25, 10, shuffle_after_depthwise=shuffle_after_depthwise))
     dtype = DEEP_MODEL_DTYPE[mode]
     getattr(model.to(dtype), mode)()
     fused = so.fuse(copy.deepcopy(model), torch.randn(2, 3, 32, 32, dtype=dtype))

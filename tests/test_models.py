@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet_ops as so
-from shufflenet_ops.models import WIDTH_MULTIPLIERS
-from tests.stock_shufflenet import StockShuffleNetV1, load_zoo_weights, randomize_batch_norms, zoo_named_gradients
+from shufflenet_ops.models import WIDTH_MULTIPLIERS, shufflenet_v1_unfused
+from tests.stock_shufflenet import load_zoo_weights, randomize_batch_norms, zoo_named_gradients
 from tests.utils import TOLERANCES
 
 GROUPS = (1, 2, 3, 4, 8)
@@ -80,7 +80,7 @@ def test_complexity_matches_the_paper(groups, width, paper_mflops):
 @pytest.mark.parametrize("groups", GROUPS)
 def test_flop_counter_counts_the_fused_model_like_its_stock_twin(groups):
     zoo = so.models.shufflenet_v1(groups, 0.5, num_classes=10)
-    stock = StockShuffleNetV1(groups, 0.5, num_classes=10)
+    stock = shufflenet_v1_unfused(groups, 0.5, num_classes=10)
     x = torch.randn(2, 3, 32, 32)
     assert count_flops(zoo, x) == count_flops(stock, x)
     assert count_flops(zoo.eval(), x) == count_flops(stock.eval(), x)
@@ -91,7 +91,7 @@ def test_flop_counter_counts_training_like_the_stock_twin():
     # gradient as if it were dense, so only ungrouped 1x1 convs compare one to one; the
     # grouped backward is checked op by op in test_flops.py.
     zoo = so.models.shufflenet_v1(1, 0.5, num_classes=10)
-    stock = StockShuffleNetV1(1, 0.5, num_classes=10)
+    stock = shufflenet_v1_unfused(1, 0.5, num_classes=10)
     x = torch.randn(2, 3, 32, 32)
     training_count = count_flops(zoo, x, backward=True)
     assert training_count == count_flops(stock, x, backward=True)
@@ -101,7 +101,7 @@ def test_flop_counter_counts_training_like_the_stock_twin():
 def make_pair(groups, width, seed=0):
     torch.manual_seed(seed)
     zoo = randomize_batch_norms(so.models.shufflenet_v1(groups, width, num_classes=10), seed)
-    stock = StockShuffleNetV1(groups, width, num_classes=10)
+    stock = shufflenet_v1_unfused(groups, width, num_classes=10)
     load_zoo_weights(stock, zoo)
     return zoo, stock
 
@@ -133,7 +133,7 @@ def test_matches_stock_model_outputs_and_gradients(groups, width, mode):
     torch.testing.assert_close(x_zoo.grad, x_stock.grad, atol=20 * atol * grad_scale, rtol=20 * rtol)
 
     if mode == "train":  # running statistics follow the batch, per channel in the stock order
-        reloaded = StockShuffleNetV1(groups, width, num_classes=10)
+        reloaded = shufflenet_v1_unfused(groups, width, num_classes=10)
         load_zoo_weights(reloaded, zoo)
         for name, buffer in stock.named_buffers():
             torch.testing.assert_close(dict(reloaded.named_buffers())[name], buffer, atol=1e-5, rtol=1e-5)
