@@ -1,71 +1,18 @@
-"""Shared setup of the op benchmarks: the ShuffleNet layer shapes, timing and
-reporting. Every ratio is taken from medians measured in the same run."""
+"""Shared setup of the op benchmarks: command line, environment and reporting.
+The layer shapes and the timing are the package's own (shufflenet_ops.bench),
+so these scripts and `shufflenet-bench` measure the same way. Every ratio is
+taken from medians measured in the same run."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
-import torch.utils.benchmark as tbench
 
-
-@dataclass(frozen=True)
-class LayerShape:
-    """A 1x1 group conv of ShuffleNet v1 1x: C_in -> C_out at H x W with g groups."""
-
-    batch: int
-    c_in: int
-    c_out: int
-    size: int
-    groups: int
-
-    @property
-    def name(self) -> str:
-        return f"N{self.batch} {self.c_in}->{self.c_out} {self.size}x{self.size} g{self.groups}"
-
-    @property
-    def macs(self) -> int:
-        return self.batch * self.size * self.size * self.c_out * self.c_in // self.groups
-
-
-def shufflenet_layer_shapes(batches=(1, 8), groups_list=(3, 8)) -> list[LayerShape]:
-    """The bottleneck-in and bottleneck-out 1x1 convs of every stage of
-    ShuffleNet v1 1x (Table 1 of the paper): stage widths 240/480/960 (g=3) and
-    384/768/1536 (g=8) at 28/14/7, bottleneck a quarter of the width."""
-    stage_widths = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
-    shapes = []
-    for batch in batches:
-        for groups in groups_list:
-            for stage, size in enumerate((28, 14, 7)):
-                width = stage_widths[groups] * 2**stage
-                shapes.append(LayerShape(batch, width, width // 4, size, groups))
-                shapes.append(LayerShape(batch, width // 4, width, size, groups))
-    return shapes
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: torch.device, min_run_time: float) -> float:
-    """Median time of fn() after a warm-up; CUDA work is synchronized."""
-    for _ in range(3):
-        fn()
-    synchronize(device)
-    if device.type == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=max(50, int(min_run_time * 1000)), return_mode="median") / 1e3
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn})
-    return timer.blocked_autorange(min_run_time=min_run_time).median
-
-
-def geometric_mean(values) -> float:
-    return statistics.geometric_mean(values) if values else float("nan")
+from shufflenet_ops.bench.shapes import LayerShape, shufflenet_layer_shapes  # noqa: F401
+from shufflenet_ops.bench.timing import geometric_mean, median_seconds  # noqa: F401
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

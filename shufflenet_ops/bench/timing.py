@@ -1,0 +1,33 @@
+"""How the benchmarks time: warm-up, then the median of timed runs; on CUDA
+with triton.testing.do_bench (CUDA events), elsewhere torch.utils.benchmark."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.utils.benchmark as torch_benchmark
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, min_run_time: float = 0.2, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in seconds, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type == "cuda":
+        import triton.testing
+
+        rep_ms = max(50, int(min_run_time * 1000))
+        return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") / 1e3
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return statistics.geometric_mean(values) if values else float("nan")
