@@ -10,7 +10,9 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
 * a 1x1 convolution (stride 1, no padding, any groups) whose input is a shuffle
   used only by it, or whose output reaches a shuffle through an optional
   BatchNorm and ReLU, becomes one ``so.pointwise_group_conv`` that also does the
-  shuffle(s), the ReLU and (in eval) the BatchNorm folded into its weights.
+  shuffle(s), the ReLU and (in eval) the BatchNorm folded into its weights;
+* so does a 1x1 convolution next to no shuffle but followed by a foldable
+  BatchNorm or a ReLU: the fused op's epilogue saves their passes over memory.
 
 In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
@@ -46,6 +48,7 @@ OUTPUT_SHUFFLE = "shuffle fused into the preceding 1x1 conv"
 BATCH_NORM = "BatchNorm folded into a fused 1x1 conv"
 RELU = "ReLU fused into a 1x1 conv"
 STANDALONE = "shuffle left standalone (so.channel_shuffle)"
+EPILOGUE_ONLY = "1x1 conv with no shuffle, its BatchNorm/ReLU fused (pointwise_group_conv)"
 
 
 class FuseError(RuntimeError):
@@ -319,7 +322,8 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
             relu, tail = True, _only_user(tail)
         if _is_so_shuffle(_only_user(tail)):
             output_shuffle, tail = _only_user(tail).args[1], _only_user(tail)
-        if input_shuffle is None and output_shuffle is None:
+        shuffled = input_shuffle is not None or output_shuffle is not None
+        if not (shuffled or bn is not None or relu):
             continue
 
         if bn is not None:
@@ -346,6 +350,9 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
         tail.replace_all_uses_with(new)
         _erase_unused(graph, chain + drop)
         fused += 1
+        if not shuffled:
+            report.counts[EPILOGUE_ONLY] += 1
+            continue
         report.counts[INPUT_SHUFFLE] += input_shuffle is not None
         report.counts[OUTPUT_SHUFFLE] += output_shuffle is not None
         report.counts[BATCH_NORM] += bn is not None

@@ -317,8 +317,26 @@ def test_bad_model_argument():
 
 
 def test_warns_when_nothing_to_fuse_and_reports_verbosely(capsys):
-    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()).eval()
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()  # no shuffle, no 1x1 conv
     with pytest.warns(UserWarning, match="found no channel shuffle"):
         fused = so.fuse(model, torch.randn(2, 4, 2, 2), verbose=True)
     assert "nothing to fuse" in capsys.readouterr().out
     assert_same_function(model, fused, torch.randn(2, 4, 2, 2), train=False)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_fuses_batch_norm_and_relu_of_a_1x1_conv_without_shuffle(groups, channels_last):
+    model = randomize_batch_norms(nn.Sequential(
+        nn.Conv2d(8, 16, 1, groups=groups, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 8, 1, groups=groups), nn.BatchNorm2d(8),
+    )).eval()
+    x = torch.randn(2, 8, 5, 5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with pytest.warns(UserWarning, match="found no channel shuffle"):
+        fused = so.fuse(copy.deepcopy(model), x)
+    assert fused.fuse_report.counts["1x1 conv with no shuffle, its BatchNorm/ReLU fused (pointwise_group_conv)"] == 2
+    targets = [n.target for n in fused.graph.nodes if n.op == "call_function"]
+    assert not any("batch_norm" in str(t) or "conv" in str(t) and "pointwise" not in str(t) for t in targets)
+    assert_same_function(model, fused, x, train=False)
