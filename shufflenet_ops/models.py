@@ -15,6 +15,8 @@ inside the fused convs.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +71,27 @@ def shufflenet_v1_channels(groups: int, width_mult: float) -> tuple[int, tuple[i
 def _fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d, output_shuffle: int | None = None):
     """(weight, bias) of a bias-free conv followed by ``bn`` in eval mode. With
     ``output_shuffle``, ``bn`` normalizes the conv's shuffled output: its channel
-    c belongs to the conv's channel that the shuffle sends to c."""
+    c belongs to the conv's channel that the shuffle sends to c.
+
+    Without autograd (no_grad, inference_mode) the result is cached on ``bn``
+    while the very same tensors, unmodified, go in: inference then pays for the
+    folding once, not at every call."""
+    sources = tuple(t for t in (weight, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None)
+    cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    if cacheable:
+        key = (tuple(t._version for t in sources), output_shuffle, bn.eps)
+        cached = getattr(bn, "_folded_cache", None)
+        # Weak references: a tensor that was replaced (load_state_dict(assign=True), .to())
+        # never matches, even if a new one reuses its address.
+        if cached is not None and cached[1] == key and all(r() is t for r, t in zip(cached[0], sources, strict=True)):
+            return cached[2]
+    folded = _compute_folded(weight, bn, output_shuffle)
+    if cacheable:
+        bn._folded_cache = (tuple(weakref.ref(t) for t in sources), key, folded)
+    return folded
+
+
+def _compute_folded(weight: torch.Tensor, bn: nn.BatchNorm2d, output_shuffle: int | None):
     scale = bn.running_var.add(bn.eps).rsqrt()
     if bn.weight is not None:
         scale = scale * bn.weight

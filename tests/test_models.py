@@ -171,3 +171,28 @@ def test_channels_last_input():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         so.models.shufflenet_v1(**kwargs)
+
+
+def test_eval_folding_cache_follows_parameter_changes():
+    torch.manual_seed(0)
+    model = randomize_batch_norms(so.models.shufflenet_v1(3, 0.25, num_classes=10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def without_cache():
+        with torch.enable_grad():  # the folding is recomputed whenever autograd is on
+            return model(x).detach()
+
+    with torch.no_grad():
+        first = model(x)
+        assert torch.equal(model(x), first)  # served from the cache
+        model.stage2[1].expand_bn.running_var.mul_(2)  # in place, like a training step
+        model.stage3[0].compress.weight.add_(0.1)
+        changed = model(x)
+    torch.testing.assert_close(changed, without_cache())
+    assert not torch.allclose(changed, first)
+
+    state = {k: v.clone() * 1.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)  # new tensors, same module
+    with torch.no_grad():
+        reloaded = model(x)
+    torch.testing.assert_close(reloaded, without_cache())
