@@ -1,5 +1,7 @@
 """so.channel_shuffle against PyTorch's own torch.channel_shuffle and so.reference."""
 
+import os
+
 import pytest
 import torch
 
@@ -77,3 +79,26 @@ def test_gradient(memory_format):
 def test_backends_agree(backend):
     x = torch.randn(2, 24, 4, 4)
     assert torch.equal(so.channel_shuffle(x, 4, backend=backend), torch.channel_shuffle(x, 4))
+
+
+def _available_memory_bytes():
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+@pytest.mark.skipif(_available_memory_bytes() < 8 * 2**30, reason="needs 8 GiB of free memory for two 2 GiB tensors")
+@pytest.mark.parametrize("memory_format", FORMATS)
+def test_more_than_two_to_the_31_elements(memory_format):
+    # 4 channels x 2^29 + 5 pixels: offsets past 2^31 must not wrap around.
+    pixels = 2**29 + 5
+    x = torch.empty(1, 4, 1, pixels, dtype=torch.uint8).to(memory_format=memory_format)
+    for c in range(4):
+        x[0, c].fill_(c)
+        x[0, c, 0, -1] = 10 + c  # the very last pixel, at an offset beyond 2^31
+    y = so.channel_shuffle(x, 2)
+    del x
+    for c, source in enumerate([0, 2, 1, 3]):  # channel_shuffle(., 2) of 4 channels
+        assert int(y[0, c, 0, -1]) == 10 + source
+        assert bool((y[0, c, 0, :-1] == source).all())
