@@ -1,4 +1,4 @@
-"""CUDA benchmark of the native backend against the issue's goals: at the
+"""CUDA benchmark of the native backend against its performance goals: at the
 ShuffleNet v1 stage shapes (batch large enough to fill the GPU), the forward of
 pointwise_group_conv with the output shuffle as a fraction of the device's
 measured copy bandwidth and against cuDNN F.conv2d(groups) + torch.channel_shuffle,
