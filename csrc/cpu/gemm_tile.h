@@ -12,6 +12,7 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace shufflenet_ops::cpu {
@@ -31,55 +32,6 @@ struct GemmOperands {
 // sized to leave a register for the B vectors and one for the broadcast.
 inline constexpr int kTileVectors = 3;
 inline constexpr int kTileRows = kVectorRegisters >= 32 ? 8 : 4;
-
-// Accumulates a rows x (vectors * lanes) tile starting at B column b_col into
-// `tile` (row stride kTileVectors * lanes), overwriting it.
-template <typename T, int Rows, int Vectors>
-inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_col,
-                            acc_t<T>* tile) {
-  using V = vec_t<T>;
-  constexpr int L = kLanes<T>;
-  V acc[Rows][Vectors];
-#pragma GCC unroll 8
-  for (int r = 0; r < Rows; ++r)
-#pragma GCC unroll 3
-    for (int v = 0; v < Vectors; ++v) acc[r][v] = V{};
-  const T* const* a_rows = g.a_rows + row0;
-  for (int64_t k = 0; k < g.depth; ++k) {
-    const T* b = g.b_rows[k] + b_col;
-    V bv[Vectors];
-#pragma GCC unroll 3
-    for (int v = 0; v < Vectors; ++v) bv[v] = load_vec(b + v * L);
-    const int64_t a_offset = g.a_offsets[k];
-#pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) {
-      const acc_t<T> a = load_scalar(a_rows[r] + a_offset);
-#pragma GCC unroll 3
-      for (int v = 0; v < Vectors; ++v) acc[r][v] += a * bv[v];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < Rows; ++r)
-#pragma GCC unroll 3
-    for (int v = 0; v < Vectors; ++v)
-      std::memcpy(tile + r * kTileVectors * L + v * L, &acc[r][v], sizeof(V));
-}
-
-template <typename T, int Vectors>
-inline void accumulate_rows(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t b_col,
-                            acc_t<T>* tile) {
-  static_assert(kTileRows == 8 || kTileRows == 4, "tile row dispatch below covers 4 and 8");
-  switch (rows) {
-    case 1: return accumulate_tile<T, 1, Vectors>(g, row0, b_col, tile);
-    case 2: return accumulate_tile<T, 2, Vectors>(g, row0, b_col, tile);
-    case 3: return accumulate_tile<T, 3, Vectors>(g, row0, b_col, tile);
-    case 4: return accumulate_tile<T, 4, Vectors>(g, row0, b_col, tile);
-    case 5: return accumulate_tile<T, (kTileRows > 4 ? 5 : 4), Vectors>(g, row0, b_col, tile);
-    case 6: return accumulate_tile<T, (kTileRows > 4 ? 6 : 4), Vectors>(g, row0, b_col, tile);
-    case 7: return accumulate_tile<T, (kTileRows > 4 ? 7 : 4), Vectors>(g, row0, b_col, tile);
-    default: return accumulate_tile<T, kTileRows, Vectors>(g, row0, b_col, tile);
-  }
-}
 
 // Where and how a finished tile is written: out(r, c) goes to
 // out_rows[r][c] (contiguous columns) or out_rows[r][col_offsets[c]], after
@@ -127,11 +79,79 @@ inline void store_tile(const TileStore<T>& s, int64_t row0, int64_t rows, int64_
   }
 }
 
-// C = A * B for `rows` x [col_begin, col_end), each finished tile handed to
-// `store(row0, rows, col0, cols, tile)`.
+// Accumulates a Rows x (Vectors * lanes) tile starting at B column b_col.
+// With `direct`, the finished tile goes from registers to the output (bias,
+// ReLU and store, columns out_col0...); otherwise it overwrites `tile` (row
+// stride kTileVectors * lanes) for the caller to consume.
+template <typename T, int Rows, int Vectors>
+inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_col, acc_t<T>* tile,
+                            const TileStore<T>* direct, int64_t out_col0) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  V acc[Rows][Vectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v) acc[r][v] = V{};
+  const T* const* a_rows = g.a_rows + row0;
+  for (int64_t k = 0; k < g.depth; ++k) {
+    const T* b = g.b_rows[k] + b_col;
+    V bv[Vectors];
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v) bv[v] = load_vec(b + v * L);
+    const int64_t a_offset = g.a_offsets[k];
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      const A a = load_scalar(a_rows[r] + a_offset);
+#pragma GCC unroll 3
+      for (int v = 0; v < Vectors; ++v) acc[r][v] += a * bv[v];
+    }
+  }
+  if (direct != nullptr) {
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      T* out = direct->out_rows[row0 + r] + out_col0;
+      const A row_bias = direct->row_bias ? direct->row_bias[row0 + r] : A(0);
+#pragma GCC unroll 3
+      for (int v = 0; v < Vectors; ++v) {
+        V value = acc[r][v] + row_bias;
+        if (direct->col_bias) value += load_vec(direct->col_bias + out_col0 + v * L);
+        if (direct->relu) value = value > A(0) ? value : V{};
+        store_vec(out + v * L, value);
+      }
+    }
+    return;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < Vectors; ++v)
+      std::memcpy(tile + r * kTileVectors * L + v * L, &acc[r][v], sizeof(V));
+}
+
+template <typename T, int Vectors>
+inline void accumulate_rows(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t b_col,
+                            acc_t<T>* tile, const TileStore<T>* direct, int64_t out_col0) {
+  static_assert(kTileRows == 8 || kTileRows == 4, "tile row dispatch below covers 4 and 8");
+  switch (rows) {
+    case 1: return accumulate_tile<T, 1, Vectors>(g, row0, b_col, tile, direct, out_col0);
+    case 2: return accumulate_tile<T, 2, Vectors>(g, row0, b_col, tile, direct, out_col0);
+    case 3: return accumulate_tile<T, 3, Vectors>(g, row0, b_col, tile, direct, out_col0);
+    case 4: return accumulate_tile<T, 4, Vectors>(g, row0, b_col, tile, direct, out_col0);
+    case 5: return accumulate_tile<T, (kTileRows > 4 ? 5 : 4), Vectors>(g, row0, b_col, tile, direct, out_col0);
+    case 6: return accumulate_tile<T, (kTileRows > 4 ? 6 : 4), Vectors>(g, row0, b_col, tile, direct, out_col0);
+    case 7: return accumulate_tile<T, (kTileRows > 4 ? 7 : 4), Vectors>(g, row0, b_col, tile, direct, out_col0);
+    default: return accumulate_tile<T, kTileRows, Vectors>(g, row0, b_col, tile, direct, out_col0);
+  }
+}
+
+// C = A * B for `rows` x [col_begin, col_end). `store` is a TileStore, or a
+// callable store(row0, rows, col0, cols, tile) given each finished tile.
 template <typename T, typename Store>
 void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col_end,
           const Store& store) {
+  constexpr bool is_tile_store = std::is_same_v<Store, TileStore<T>>;
   constexpr int L = kLanes<T>;
   constexpr int64_t block = kTileVectors * L;
   alignas(64) acc_t<T> tile[kTileRows * kTileVectors * L];
@@ -152,14 +172,24 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
       panel.b_rows = padded_rows.data();
       b_col = 0;
     }
+    // Full vectors to contiguous columns are stored straight from registers.
+    const TileStore<T>* direct = nullptr;
+    if constexpr (is_tile_store) {
+      if (store.col_offsets == nullptr && cols == vectors * L) direct = &store;
+    }
     for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) {
       const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
       switch (vectors) {
-        case 1: accumulate_rows<T, 1>(panel, row0, tile_rows, b_col, tile); break;
-        case 2: accumulate_rows<T, 2>(panel, row0, tile_rows, b_col, tile); break;
-        default: accumulate_rows<T, 3>(panel, row0, tile_rows, b_col, tile); break;
+        case 1: accumulate_rows<T, 1>(panel, row0, tile_rows, b_col, tile, direct, col0); break;
+        case 2: accumulate_rows<T, 2>(panel, row0, tile_rows, b_col, tile, direct, col0); break;
+        default: accumulate_rows<T, 3>(panel, row0, tile_rows, b_col, tile, direct, col0); break;
       }
-      store(row0, tile_rows, col0, cols, tile);
+      if (direct != nullptr) continue;
+      if constexpr (is_tile_store) {
+        store_tile(store, row0, tile_rows, col0, cols, tile);
+      } else {
+        store(row0, tile_rows, col0, cols, tile);
+      }
     }
   }
 }

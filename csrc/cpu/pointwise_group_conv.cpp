@@ -98,10 +98,7 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
       store.row_bias = bias ? bias + j * M : nullptr;
       store.relu = relu;
       const int64_t col0 = chunk * kColumnChunk<T>;
-      gemm(g, M, col0, std::min(HW, col0 + kColumnChunk<T>),
-           [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
-             store_tile(store, r0, rows, c0, cols, tile);
-           });
+      gemm(g, M, col0, std::min(HW, col0 + kColumnChunk<T>), store);
     }
   });
 }
@@ -137,10 +134,7 @@ void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* 
         store.col_offsets = contiguous_out ? nullptr : t.out_channel.data() + j * M;
         store.col_bias = bias ? bias + j * M : nullptr;
         store.relu = relu;
-        gemm(g, rows, 0, M,
-             [&](int64_t r0, int64_t nrows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
-               store_tile(store, r0, nrows, c0, cols, tile);
-             });
+        gemm(g, rows, 0, M, store);
       }
     }
   });
@@ -202,10 +196,7 @@ void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, cons
       const GemmOperands<T> g{transposed_rows.data() + j * K, depth_offsets.data(), grad_rows.data(), M};
       const TileStore<T> store{output_rows.data()};
       const int64_t col0 = chunk * kColumnChunk<T>;
-      gemm(g, K, col0, std::min(HW, col0 + kColumnChunk<T>),
-           [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
-             store_tile(store, r0, rows, c0, cols, tile);
-           });
+      gemm(g, K, col0, std::min(HW, col0 + kColumnChunk<T>), store);
     }
   });
 }
@@ -238,10 +229,7 @@ void grad_input_pixel_major(const ConvProblem& p, const ChannelTables& t, const 
         g.b_rows_padded = true;
         TileStore<T> store{output_rows.data()};
         store.col_offsets = contiguous_out ? nullptr : t.in_channel.data() + j * K;
-        gemm(g, rows, 0, K,
-             [&](int64_t r0, int64_t nrows, int64_t c0, int64_t cols, const acc_t<T>* tile) {
-               store_tile(store, r0, nrows, c0, cols, tile);
-             });
+        gemm(g, rows, 0, K, store);
       }
     }
   });
