@@ -26,4 +26,6 @@ TORCH_LIBRARY(shufflenet_ops, m) {
       "pointwise_group_conv_grad_weight(Tensor grad_out, Tensor x, int groups, "
       "int input_shuffle, int output_shuffle) -> Tensor");
   m.def("pointwise_group_conv_grad_bias(Tensor grad_out, int output_shuffle) -> Tensor");
+  // Per-channel 3x3 convolution, padding 1, stride 1 or 2; weight [C, 1, 3, 3].
+  m.def("depthwise_conv3x3(Tensor x, Tensor weight, Tensor? bias, int stride, bool relu) -> Tensor");
 }

@@ -116,6 +116,24 @@ void check_grad_bias(const at::Tensor& grad_out, int64_t output_shuffle) {
   check_groups(op, "output_shuffle", output_shuffle, "output channels", grad_out.size(1));
 }
 
+void check_depthwise_conv3x3(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t stride) {
+  constexpr const char* op = "depthwise_conv3x3";
+  check_activation(op, "x", x);
+  check_matches(op, "weight", weight, "x", x);
+  const int64_t channels = x.size(1);
+  const bool weight_ok = weight.dim() == 4 && weight.size(0) == channels && weight.size(1) == 1 &&
+                         weight.size(2) == 3 && weight.size(3) == 3;
+  TORCH_CHECK_VALUE(weight_ok, op, ": expected weight of shape [C, 1, 3, 3] = [", channels,
+                    ", 1, 3, 3], got ", weight.sizes());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": expected stride to be 1 or 2, got ", stride);
+  if (bias.has_value()) {
+    check_matches(op, "bias", *bias, "x", x);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == channels, op,
+                      ": expected bias of shape [C] = [", channels, "], got ", bias->sizes());
+  }
+}
+
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported) {
   for (at::ScalarType s : supported) {

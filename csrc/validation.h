@@ -40,6 +40,10 @@ ConvProblem check_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, i
 
 void check_grad_bias(const at::Tensor& grad_out, int64_t output_shuffle);
 
+// x [N, C, H, W], weight [C, 1, 3, 3], bias [C] or none, stride 1 or 2.
+void check_depthwise_conv3x3(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t stride);
+
 // Each backend states the dtypes its kernels implement.
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported);

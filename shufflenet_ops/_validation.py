@@ -119,3 +119,19 @@ def check_grad_bias(grad_out, output_shuffle) -> None:
     op = "pointwise_group_conv_grad_bias"
     _activation(grad_out, "grad_out", op)
     _divides(output_shuffle, "output_shuffle", "output channels", grad_out.shape[1], op)
+
+
+def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
+    op = "depthwise_conv3x3"
+    _activation(x, "x", op)
+    _matches(weight, "weight", x, "x", op)
+    channels = x.shape[1]
+    if tuple(weight.shape) != (channels, 1, 3, 3):
+        raise ValueError(f"{op}: expected weight of shape [C, 1, 3, 3] = [{channels}, 1, 3, 3], got {list(weight.shape)}")
+    stride = _integer(stride, "stride")
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
+    if bias is not None:
+        _matches(bias, "bias", x, "x", op)
+        if bias.dim() != 1 or bias.shape[0] != channels:
+            raise ValueError(f"{op}: expected bias of shape [C] = [{channels}], got {list(bias.shape)}")

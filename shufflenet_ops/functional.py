@@ -7,7 +7,7 @@ import torch
 
 from . import _validation as check
 from . import backends, reference
-from .ops import NATIVE
+from .ops import DEPTHWISE_CONV3X3, NATIVE
 
 
 def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> torch.Tensor:
@@ -49,6 +49,28 @@ def pointwise_group_conv(
     )
 
 
+def depthwise_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    *,
+    relu: bool = False,
+) -> torch.Tensor:
+    """A per-channel 3x3 convolution with padding 1 and stride 1 or 2:
+
+        act(conv2d(x, weight, bias, stride, padding=1, groups=C))
+
+    with ``act`` = ReLU when ``relu`` is true; ``weight`` is [C, 1, 3, 3]. The
+    output has x's memory format (NCHW or channels_last). Runs the native kernel
+    where one is registered for x's device, the reference elsewhere.
+    """
+    check.check_depthwise_conv3x3(x, weight, bias, stride)
+    if x.device.type in _DEPTHWISE_NATIVE_DEVICES:
+        return torch.ops.shufflenet_ops.depthwise_conv3x3(x, weight, bias, stride, bool(relu))
+    return reference.depthwise_conv3x3(x, weight, bias, stride, relu=bool(relu))
+
+
 def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
     return reference.pointwise_group_conv(
         x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu
@@ -79,3 +101,11 @@ backends.register_backend(
         priority=_native_devices(),
     )
 )
+
+
+def _devices_with_kernel(qualname: str) -> frozenset[str]:
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(d for d, key in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+
+
+_DEPTHWISE_NATIVE_DEVICES = _devices_with_kernel(DEPTHWISE_CONV3X3)

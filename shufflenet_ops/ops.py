@@ -156,3 +156,54 @@ def define_family(prefix: str) -> OpFamily:
 
 
 NATIVE = _register(OpFamily(""))
+
+
+# The depthwise 3x3 convolution stands apart from the families: it has a native
+# kernel only, and its backward runs on stock ATen ops.
+DEPTHWISE_CONV3X3 = f"{NAMESPACE}::depthwise_conv3x3"
+
+
+def _depthwise_output_size(size: int, stride: int) -> int:
+    return (size - 1) // stride + 1
+
+
+@torch.library.register_fake(DEPTHWISE_CONV3X3)
+def _(x, weight, bias, stride, relu):
+    check.check_depthwise_conv3x3(x, weight, bias, stride)
+    n, c, h, w = x.shape
+    shape = (n, c, _depthwise_output_size(h, stride), _depthwise_output_size(w, stride))
+    return _empty(shape, x, suggest_memory_format(x))
+
+
+def _depthwise_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.stride = stride
+    ctx.relu = relu
+    ctx.has_bias = bias is not None
+
+
+def _depthwise_backward(ctx, grad):
+    x, weight, output = ctx.saved_tensors
+    if ctx.relu:
+        grad = torch.ops.aten.threshold_backward(grad, output, 0)
+    want_x, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+    grad_x = grad_weight = grad_bias = None
+    if want_x or want_weight:
+        # ATen's reduced-precision CPU depthwise backward can return garbage for
+        # windows that hang over the border (seen for bfloat16, stride 2, 1x1
+        # input), so reduced-precision gradients are computed in float32.
+        compute = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad.to(compute), x.to(compute), weight.to(compute), None, [ctx.stride] * 2, [1, 1], [1, 1], False,
+            [0, 0], x.shape[1], [want_x, want_weight, False],
+        )
+        grad_x = None if grad_x is None else grad_x.to(x.dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+    if want_bias:
+        grad_bias = grad.sum(dim=(0, 2, 3))
+    return grad_x, grad_weight, grad_bias, None, None
+
+
+torch.library.register_autograd(DEPTHWISE_CONV3X3, _depthwise_backward, setup_context=_depthwise_setup_context)

@@ -34,3 +34,12 @@ def pointwise_group_conv(
     if output_shuffle not in (None, 1):
         y = channel_shuffle(y, output_shuffle)
     return y
+
+
+def depthwise_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1, *, relu: bool = False
+) -> torch.Tensor:
+    """Per-channel 3x3 convolution with padding 1: ``act(conv2d(x, weight, bias,
+    stride, padding=1, groups=C))``, ``act`` = ReLU when ``relu`` is true."""
+    y = F.conv2d(x, weight, bias, stride, 1, groups=x.shape[1])
+    return F.relu(y) if relu else y

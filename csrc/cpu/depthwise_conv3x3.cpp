@@ -1,0 +1,284 @@
+// CPU kernel of the depthwise 3x3 convolution (padding 1, stride 1 or 2),
+// with optional bias and ReLU: the ShuffleNet unit's middle layer, BatchNorm
+// folded in.
+//
+// NCHW: vectors run along W. Each task widens a band of input rows of one
+// channel plane into a zero-bordered float buffer (the conv padding, and for
+// stride 2 the even and odd columns split apart), so every output vector is
+// nine unaligned contiguous loads from that buffer, borders and stride 2
+// included.
+//
+// channels_last: vectors run along C. Each output pixel is the sum of nine
+// taps of contiguous channel vectors times per-channel weight vectors; a tap
+// outside the image reads a zero vector instead.
+//
+// Other strides are made dense in the suggested format.
+#include "../validation.h"
+#include "simd.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace shufflenet_ops::cpu {
+namespace {
+
+constexpr const char* kOp = "depthwise_conv3x3 (CPU)";
+constexpr int kTaps = 9;
+
+// Output pixels per thread at least: below this, waking a second thread costs
+// more than it saves.
+constexpr int64_t kMinPixelsPerThread = 4096;
+// Widened input rows of one NCHW task stay in L1.
+constexpr int64_t kBandBytes = 16 * 1024;
+
+int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
+
+int64_t output_size(int64_t in, int64_t stride) { return in == 0 ? 0 : (in - 1) / stride + 1; }
+
+template <typename T>
+struct DepthwiseParams {
+  const T* x;
+  const acc_t<T>* weight;  // [C][9]
+  const acc_t<T>* bias;    // [C], or null
+  T* y;
+  int64_t batch, channels, in_h, in_w, out_h, out_w, stride;
+  bool relu;
+};
+
+template <typename V>
+inline V activate(V v, bool relu) {
+  // Keeps NaN, as F.relu does.
+  return relu ? (v < 0 ? V{} : v) : v;
+}
+
+// ---------------------------------------------------------------- NCHW
+
+// Widened row layout: stride 1 holds padded columns 0 .. W+1 (column c is
+// input column c - 1); stride 2 holds the even padded columns, then from
+// `half` on the odd ones, so output column o reads even[o], odd[o], even[o + 1].
+struct RowLayout {
+  int64_t half;    // length of one column phase
+  int64_t length;  // whole row
+  int64_t tap_offset[3];
+
+  RowLayout(int64_t out_w, int64_t stride, int64_t lanes) {
+    half = round_up(out_w, lanes) + lanes;
+    if (stride == 1) {
+      length = half;
+      tap_offset[0] = 0, tap_offset[1] = 1, tap_offset[2] = 2;
+    } else {
+      length = 2 * half;
+      tap_offset[0] = 0, tap_offset[1] = half, tap_offset[2] = 1;
+    }
+  }
+};
+
+template <typename T>
+void widen_row(const T* src, int64_t in_w, int64_t stride, const RowLayout& layout, acc_t<T>* dst) {
+  using A = acc_t<T>;
+  if (stride == 1) {
+    dst[0] = A(0);
+    for (int64_t i = 0; i < in_w; ++i) dst[1 + i] = load_scalar(src + i);
+    std::fill(dst + 1 + in_w, dst + layout.length, A(0));
+    return;
+  }
+  A* even = dst;
+  A* odd = dst + layout.half;
+  for (int64_t j = 0; j < layout.half; ++j) {
+    // Padded column 2j is input column 2j - 1; 2j + 1 is input column 2j.
+    even[j] = j >= 1 && 2 * j - 1 < in_w ? load_scalar(src + 2 * j - 1) : A(0);
+    odd[j] = 2 * j < in_w ? load_scalar(src + 2 * j) : A(0);
+  }
+}
+
+template <typename T>
+void forward_nchw(const DepthwiseParams<T>& p) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  const RowLayout layout(p.out_w, p.stride, L);
+  // Output rows per task: their input rows fit the band buffer.
+  const int64_t band_rows = std::clamp<int64_t>(
+      kBandBytes / (layout.length * static_cast<int64_t>(sizeof(A)) * p.stride), 1, p.out_h);
+  const int64_t bands = (p.out_h + band_rows - 1) / band_rows;
+  const int64_t pixels_per_task = band_rows * p.out_w;
+  const int64_t grain = std::max<int64_t>(1, kMinPixelsPerThread / pixels_per_task);
+  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
+  at::parallel_for(0, p.batch * p.channels * bands, grain, [&](int64_t begin, int64_t end) {
+    const int64_t max_rows = p.stride * (band_rows - 1) + 3;
+    std::vector<A> band(max_rows * layout.length);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / bands, c = plane % p.channels;
+      const int64_t oh0 = task % bands * band_rows, oh1 = std::min(p.out_h, oh0 + band_rows);
+      // Padded row r is input row r - 1.
+      const int64_t r0 = p.stride * oh0, r1 = p.stride * (oh1 - 1) + 3;
+      const T* x_plane = p.x + plane * in_plane;
+      for (int64_t r = r0; r < r1; ++r) {
+        A* dst = band.data() + (r - r0) * layout.length;
+        const int64_t ih = r - 1;
+        if (ih < 0 || ih >= p.in_h) {
+          std::fill(dst, dst + layout.length, A(0));
+        } else {
+          widen_row(x_plane + ih * p.in_w, p.in_w, p.stride, layout, dst);
+        }
+      }
+      const A* w = p.weight + c * kTaps;
+      V wv[kTaps];
+      for (int t = 0; t < kTaps; ++t) wv[t] = V{} + w[t];
+      const V bias = V{} + (p.bias ? p.bias[c] : A(0));
+      T* y_plane = p.y + plane * out_plane;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const A* rows[3];
+        for (int kh = 0; kh < 3; ++kh)
+          rows[kh] = band.data() + (p.stride * oh + kh - r0) * layout.length;
+        T* y_row = y_plane + oh * p.out_w;
+        for (int64_t ow = 0; ow < p.out_w; ow += L) {
+          V acc = bias;
+#pragma GCC unroll 3
+          for (int kh = 0; kh < 3; ++kh) {
+#pragma GCC unroll 3
+            for (int kw = 0; kw < 3; ++kw) {
+              V in;
+              std::memcpy(&in, rows[kh] + ow + layout.tap_offset[kw], sizeof in);
+              acc += wv[kh * 3 + kw] * in;
+            }
+          }
+          acc = activate(acc, p.relu);
+          if (p.out_w - ow >= L) {
+            store_vec(y_row + ow, acc);
+          } else {
+            store_vec_partial(y_row + ow, acc, p.out_w - ow);
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- channels_last
+
+template <typename T, bool kPartial>
+void forward_channels_last_block(const DepthwiseParams<T>& p, const acc_t<T>* packed_weight,
+                                 const acc_t<T>* packed_bias, const T* zeros, const T* rows[3],
+                                 int64_t c0, T* y_row) {
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  const int64_t C = p.channels;
+  const int64_t weight_stride = round_up(C, L);
+  V wv[kTaps];
+  for (int t = 0; t < kTaps; ++t) std::memcpy(&wv[t], packed_weight + t * weight_stride + c0, sizeof(V));
+  V bias;
+  std::memcpy(&bias, packed_bias + c0, sizeof bias);
+  for (int64_t ow = 0; ow < p.out_w; ++ow) {
+    V acc = bias;
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      const int64_t iw = p.stride * ow - 1 + kw;
+      const bool column_inside = iw >= 0 && iw < p.in_w;
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh) {
+        const T* src = column_inside && rows[kh] ? rows[kh] + iw * C + c0 : zeros;
+        const V in = kPartial ? load_vec_partial(src, C) : load_vec(src);
+        acc += wv[kh * 3 + kw] * in;
+      }
+    }
+    acc = activate(acc, p.relu);
+    if (kPartial) {
+      store_vec_partial(y_row + ow * C + c0, acc, C);
+    } else {
+      store_vec(y_row + ow * C + c0, acc);
+    }
+  }
+}
+
+template <typename T>
+void forward_channels_last(const DepthwiseParams<T>& p) {
+  using A = acc_t<T>;
+  constexpr int L = kLanes<T>;
+  const int64_t C = p.channels;
+  // Weights transposed to [9][C padded], bias padded: the per-channel vectors.
+  const int64_t weight_stride = round_up(C, L);
+  std::vector<A> packed_weight(kTaps * weight_stride, A(0)), packed_bias(weight_stride, A(0));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int t = 0; t < kTaps; ++t) packed_weight[t * weight_stride + c] = p.weight[c * kTaps + t];
+    if (p.bias) packed_bias[c] = p.bias[c];
+  }
+  const std::vector<T> zeros(std::max<int64_t>(C, L), T(0));
+  // Channel vectors: full ones, the last overlapping its neighbour when C is
+  // not a multiple of the width (its channels are recomputed identically).
+  std::vector<int64_t> block_starts;
+  for (int64_t c0 = 0; c0 + L <= C; c0 += L) block_starts.push_back(c0);
+  if (C >= L && C % L) block_starts.push_back(C - L);
+  const bool partial = C < L;
+  const int64_t grain = std::max<int64_t>(1, kMinPixelsPerThread / p.out_w);
+  at::parallel_for(0, p.batch * p.out_h, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / p.out_h, oh = task % p.out_h;
+      const T* rows[3];
+      for (int kh = 0; kh < 3; ++kh) {
+        const int64_t ih = p.stride * oh - 1 + kh;
+        rows[kh] = ih >= 0 && ih < p.in_h ? p.x + (n * p.in_h + ih) * p.in_w * C : nullptr;
+      }
+      T* y_row = p.y + task * p.out_w * C;
+      if (partial) {
+        forward_channels_last_block<T, true>(p, packed_weight.data(), packed_bias.data(),
+                                             zeros.data(), rows, 0, y_row);
+        continue;
+      }
+      for (int64_t c0 : block_starts)
+        forward_channels_last_block<T, false>(p, packed_weight.data(), packed_bias.data(),
+                                              zeros.data(), rows, c0, y_row);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- binding
+
+template <typename T>
+std::vector<acc_t<T>> to_acc(const at::Tensor& t) {
+  const at::Tensor dense = t.contiguous();
+  const T* data = dense.const_data_ptr<T>();
+  std::vector<acc_t<T>> out(dense.numel());
+  for (int64_t i = 0; i < dense.numel(); ++i) out[i] = load_scalar(data + i);
+  return out;
+}
+
+at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, int64_t stride, bool relu) {
+  check_depthwise_conv3x3(x_in, weight, bias, stride);
+  check_dtype_supported(kOp, x_in, {at::kFloat, at::kDouble, at::kBFloat16});
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t out_h = output_size(H, stride), out_w = output_size(W, stride);
+  const at::MemoryFormat format = x_in.suggest_memory_format();
+  at::Tensor y = at::empty({N, C, out_h, out_w}, x_in.options().memory_format(format));
+  if (y.numel() == 0) return y;
+  const at::Tensor x = x_in.contiguous(format);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
+    const std::vector<acc_t<scalar_t>> w = to_acc<scalar_t>(weight);
+    const std::vector<acc_t<scalar_t>> b =
+        bias.has_value() ? to_acc<scalar_t>(*bias) : std::vector<acc_t<scalar_t>>{};
+    const DepthwiseParams<scalar_t> p{x.const_data_ptr<scalar_t>(),
+                                      w.data(),
+                                      b.empty() ? nullptr : b.data(),
+                                      y.mutable_data_ptr<scalar_t>(),
+                                      N, C, H, W, out_h, out_w, stride, relu};
+    if (format == at::MemoryFormat::ChannelsLast) {
+      forward_channels_last(p);
+    } else {
+      forward_nchw(p);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflenet_ops, CPU, m) { m.impl("depthwise_conv3x3", &depthwise_conv3x3_cpu); }
+
+}  // namespace shufflenet_ops::cpu
