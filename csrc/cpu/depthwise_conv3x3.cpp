@@ -79,22 +79,27 @@ struct RowLayout {
   }
 };
 
+// Writes only the positions that hold input values: the task's band buffer is
+// zeroed once, so the padding columns stay zero for every plane.
 template <typename T>
 void widen_row(const T* src, int64_t in_w, int64_t stride, const RowLayout& layout, acc_t<T>* dst) {
-  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
   if (stride == 1) {
-    dst[0] = A(0);
-    for (int64_t i = 0; i < in_w; ++i) dst[1 + i] = load_scalar(src + i);
-    std::fill(dst + 1 + in_w, dst + layout.length, A(0));
+    // Vector copies and a short scalar tail: narrow rows cost no library calls.
+    int64_t i = 0;
+    for (; i + L <= in_w; i += L) {
+      const V v = load_vec(src + i);
+      std::memcpy(dst + 1 + i, &v, sizeof v);
+    }
+    for (; i < in_w; ++i) dst[1 + i] = load_scalar(src + i);
     return;
   }
-  A* even = dst;
-  A* odd = dst + layout.half;
-  for (int64_t j = 0; j < layout.half; ++j) {
-    // Padded column 2j is input column 2j - 1; 2j + 1 is input column 2j.
-    even[j] = j >= 1 && 2 * j - 1 < in_w ? load_scalar(src + 2 * j - 1) : A(0);
-    odd[j] = 2 * j < in_w ? load_scalar(src + 2 * j) : A(0);
-  }
+  // Padded column 2j is input column 2j - 1; padded column 2j + 1 is input column 2j.
+  acc_t<T>* even = dst;
+  acc_t<T>* odd = dst + layout.half;
+  for (int64_t j = 1; j < in_w / 2 + 1; ++j) even[j] = load_scalar(src + 2 * j - 1);
+  for (int64_t j = 0; j < (in_w + 1) / 2; ++j) odd[j] = load_scalar(src + 2 * j);
 }
 
 template <typename T>
@@ -112,7 +117,7 @@ void forward_nchw(const DepthwiseParams<T>& p) {
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
   at::parallel_for(0, p.batch * p.channels * bands, grain, [&](int64_t begin, int64_t end) {
     const int64_t max_rows = p.stride * (band_rows - 1) + 3;
-    std::vector<A> band(max_rows * layout.length);
+    std::vector<A> band(max_rows * layout.length, A(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t plane = task / bands, c = plane % p.channels;
       const int64_t oh0 = task % bands * band_rows, oh1 = std::min(p.out_h, oh0 + band_rows);
@@ -123,6 +128,7 @@ void forward_nchw(const DepthwiseParams<T>& p) {
         A* dst = band.data() + (r - r0) * layout.length;
         const int64_t ih = r - 1;
         if (ih < 0 || ih >= p.in_h) {
+          // An earlier task may have left input values in this row.
           std::fill(dst, dst + layout.length, A(0));
         } else {
           widen_row(x_plane + ih * p.in_w, p.in_w, p.stride, layout, dst);
@@ -138,24 +144,29 @@ void forward_nchw(const DepthwiseParams<T>& p) {
         for (int kh = 0; kh < 3; ++kh)
           rows[kh] = band.data() + (p.stride * oh + kh - r0) * layout.length;
         T* y_row = y_plane + oh * p.out_w;
-        for (int64_t ow = 0; ow < p.out_w; ow += L) {
-          V acc = bias;
+        const auto output_vector = [&](int64_t ow) {
+          // One accumulator per kernel row: three short FMA chains instead of one long one.
+          V acc[3];
 #pragma GCC unroll 3
           for (int kh = 0; kh < 3; ++kh) {
+            acc[kh] = kh == 0 ? bias : V{};
 #pragma GCC unroll 3
             for (int kw = 0; kw < 3; ++kw) {
               V in;
               std::memcpy(&in, rows[kh] + ow + layout.tap_offset[kw], sizeof in);
-              acc += wv[kh * 3 + kw] * in;
+              acc[kh] += wv[kh * 3 + kw] * in;
             }
           }
-          acc = activate(acc, p.relu);
-          if (p.out_w - ow >= L) {
-            store_vec(y_row + ow, acc);
-          } else {
-            store_vec_partial(y_row + ow, acc, p.out_w - ow);
-          }
+          return activate(acc[0] + acc[1] + acc[2], p.relu);
+        };
+        if (p.out_w < L) {
+          const V v = output_vector(0);
+          for (int64_t i = 0; i < p.out_w; ++i) store_scalar(y_row + i, v[i]);
+          continue;
         }
+        // A ragged last vector overlaps its neighbour and rewrites identical values.
+        for (int64_t ow = 0; ow < p.out_w; ow += L)
+          store_vec(y_row + std::min(ow, p.out_w - L), output_vector(std::min(ow, p.out_w - L)));
       }
     }
   });
