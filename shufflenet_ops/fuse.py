@@ -12,7 +12,11 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
   BatchNorm and ReLU, becomes one ``so.pointwise_group_conv`` that also does the
   shuffle(s), the ReLU and (in eval) the BatchNorm folded into its weights;
 * so does a 1x1 convolution next to no shuffle but followed by a foldable
-  BatchNorm or a ReLU: the fused op's epilogue saves their passes over memory.
+  BatchNorm or a ReLU: the fused op's epilogue saves their passes over memory;
+* a 3x3 depthwise convolution (padding 1, stride 1 or 2) becomes
+  ``so.depthwise_conv3x3``, with the BatchNorm after it folded (in eval) and a
+  ReLU fused;
+* any other convolution followed by an eval-mode BatchNorm gets it folded in.
 
 In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from .functional import channel_shuffle, pointwise_group_conv
+from .functional import channel_shuffle, depthwise_conv3x3, pointwise_group_conv
 
 __all__ = ["FuseError", "FuseReport", "fuse"]
 
@@ -49,6 +53,8 @@ BATCH_NORM = "BatchNorm folded into a fused 1x1 conv"
 RELU = "ReLU fused into a 1x1 conv"
 STANDALONE = "shuffle left standalone (so.channel_shuffle)"
 EPILOGUE_ONLY = "1x1 conv with no shuffle, its BatchNorm/ReLU fused (pointwise_group_conv)"
+DEPTHWISE = "3x3 depthwise conv, with its BatchNorm/ReLU (depthwise_conv3x3)"
+OTHER_CONV = "BatchNorm folded into another conv"
 
 
 class FuseError(RuntimeError):
@@ -297,6 +303,38 @@ def _fold(gm, weight_node, bias_node, bn):
     return nn.Parameter(folded.to(dtype), weight.requires_grad), nn.Parameter(bias.to(dtype), weight.requires_grad)
 
 
+def _depthwise_conv(node: fx.Node):
+    """(x, weight, bias, stride) if ``node`` is a 3x3 depthwise convolution with padding 1 and stride 1 or 2."""
+    if not _is_call(node, _CONVS):
+        return None
+    a = _call_arguments(node)
+    if a.get("transposed", False):
+        return None
+    weight, x = _val(a["weight"]), _val(a["input"])
+    if weight is None or x is None or x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[1:]) != (1, 3, 3):
+        return None
+    channels = weight.shape[0]
+    if not (isinstance(channels, int) and a["groups"] == channels and x.shape[1] == channels):
+        return None
+    stride = list(a["stride"])
+    if any(p != 1 for p in a["padding"]) or any(d != 1 for d in a["dilation"]) or len(set(stride)) != 1:
+        return None
+    if stride[0] not in (1, 2):
+        return None
+    return a["input"], a["weight"], a["bias"], stride[0]
+
+
+def _other_conv(node: fx.Node):
+    """(x, weight, bias, conv2d arguments) of any other non-transposed 2-D convolution."""
+    if not _is_call(node, _CONVS):
+        return None
+    a = _call_arguments(node)
+    weight = _val(a["weight"])
+    if a.get("transposed", False) or weight is None or weight.dim() != 4:
+        return None
+    return a["input"], a["weight"], a["bias"], (a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
 def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
     graph = gm.graph
     attributes_before = {n for n in graph.nodes if n.op == "get_attr" and n.users}
@@ -304,12 +342,14 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
     for node in list(graph.nodes):
         if node.graph is not graph:
             continue
-        conv = _pointwise_conv(node)
-        if conv is None:
+        pointwise = _pointwise_conv(node)
+        depthwise = None if pointwise is not None else _depthwise_conv(node)
+        other = None if pointwise is not None or depthwise is not None else _other_conv(node)
+        if pointwise is None and depthwise is None and other is None:
             continue
-        x, weight, bias, groups = conv
+        x, weight, bias = (pointwise or depthwise or other)[:3]
         drop, input_shuffle = [node], None
-        if _is_so_shuffle(x) and len(x.users) == 1:
+        if pointwise is not None and _is_so_shuffle(x) and len(x.users) == 1:
             x, input_shuffle = x.args[0], x.args[1]
             drop.append(node.args[0])
 
@@ -318,12 +358,14 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
         bn_match = _eval_batch_norm(_only_user(tail)) if foldable else None
         if bn_match is not None:
             bn, tail = bn_match, bn_match[0]
-        if _is_call(_only_user(tail), _RELUS):
+        if other is None and _is_call(_only_user(tail), _RELUS):
             relu, tail = True, _only_user(tail)
-        if _is_so_shuffle(_only_user(tail)):
+        if pointwise is not None and _is_so_shuffle(_only_user(tail)):
             output_shuffle, tail = _only_user(tail).args[1], _only_user(tail)
         shuffled = input_shuffle is not None or output_shuffle is not None
-        if not (shuffled or bn is not None or relu):
+        if pointwise is not None and not (shuffled or bn is not None or relu):
+            continue
+        if other is not None and bn is None:
             continue
 
         if bn is not None:
@@ -334,10 +376,15 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
             with graph.inserting_before(tail):
                 weight, bias = graph.get_attr(names[0]), graph.get_attr(names[1])
         with graph.inserting_before(tail):
-            new = graph.call_function(
-                pointwise_group_conv, (x, weight, bias, groups),
-                {"input_shuffle": input_shuffle, "output_shuffle": output_shuffle, "relu": relu},
-            )
+            if pointwise is not None:
+                new = graph.call_function(
+                    pointwise_group_conv, (x, weight, bias, pointwise[3]),
+                    {"input_shuffle": input_shuffle, "output_shuffle": output_shuffle, "relu": relu},
+                )
+            elif depthwise is not None:
+                new = graph.call_function(depthwise_conv3x3, (x, weight, bias, depthwise[3]), {"relu": relu})
+            else:
+                new = graph.call_function(aten.conv2d.default, (x, weight, bias, *other[3]))
         new.meta["val"] = tail.meta.get("val")
         chain, current = [], tail
         while current is not node:  # tail back to the conv, through the ReLU and the BatchNorm
@@ -350,13 +397,17 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
         tail.replace_all_uses_with(new)
         _erase_unused(graph, chain + drop)
         fused += 1
-        if not shuffled:
+        if depthwise is not None:
+            report.counts[DEPTHWISE] += 1
+        elif other is not None:
+            report.counts[OTHER_CONV] += 1
+        elif not shuffled:
             report.counts[EPILOGUE_ONLY] += 1
-            continue
-        report.counts[INPUT_SHUFFLE] += input_shuffle is not None
-        report.counts[OUTPUT_SHUFFLE] += output_shuffle is not None
-        report.counts[BATCH_NORM] += bn is not None
-        report.counts[RELU] += relu
+        else:
+            report.counts[INPUT_SHUFFLE] += input_shuffle is not None
+            report.counts[OUTPUT_SHUFFLE] += output_shuffle is not None
+            report.counts[BATCH_NORM] += bn is not None
+            report.counts[RELU] += relu
     _delete_unused_attributes(gm, attributes_before)
 
 

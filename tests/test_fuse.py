@@ -340,3 +340,20 @@ def test_eval_fuses_batch_norm_and_relu_of_a_1x1_conv_without_shuffle(groups, ch
     targets = [n.target for n in fused.graph.nodes if n.op == "call_function"]
     assert not any("batch_norm" in str(t) or "conv" in str(t) and "pointwise" not in str(t) for t in targets)
     assert_same_function(model, fused, x, train=False)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_depthwise_and_other_convs(mode):
+    model = randomize_batch_norms(nn.Sequential(
+        nn.Conv2d(3, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),  # stem-like conv
+        nn.Conv2d(12, 12, 3, stride=1, padding=1, groups=12, bias=False), nn.BatchNorm2d(12),  # depthwise
+        nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12), nn.ReLU(),  # depthwise, stride 2
+        nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12),  # dilated: left alone
+    ))
+    getattr(model, mode)()
+    with pytest.warns(UserWarning, match="found no channel shuffle"):
+        fused = so.fuse(copy.deepcopy(model), torch.randn(2, 3, 17, 15))
+    counts = fused.fuse_report.counts
+    assert counts["3x3 depthwise conv, with its BatchNorm/ReLU (depthwise_conv3x3)"] == 2
+    assert counts["BatchNorm folded into another conv"] == int(mode == "eval")
+    assert_same_function(model, fused, torch.randn(3, 3, 17, 15), train=mode == "train")

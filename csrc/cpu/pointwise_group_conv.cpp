@@ -63,6 +63,14 @@ template <typename T>
 constexpr int64_t kColumnChunk = 4 * kTileVectors * kLanes<T>;
 constexpr int64_t kPixelChunk = 64;
 
+// Pixel rows per task on the pixel-major path: up to kPixelChunk, fewer when
+// that would leave threads idle (a 7x7 image has 49 pixels).
+int64_t pixel_chunk(int64_t total_pixels) {
+  const int64_t tasks_wanted = 2 * at::get_num_threads();
+  const int64_t per_task = round_up((total_pixels + tasks_wanted - 1) / tasks_wanted, kTileRows);
+  return std::clamp<int64_t>(per_task, kTileRows, kPixelChunk);
+}
+
 template <typename T>
 std::vector<acc_t<T>> to_acc(const std::optional<at::Tensor>& bias) {
   std::vector<acc_t<T>> out;
@@ -117,12 +125,13 @@ void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* 
   std::vector<const T*> packed_rows(p.groups * K);
   for (int64_t r = 0; r < p.groups * K; ++r) packed_rows[r] = packed.data() + r * M_padded;
   const bool contiguous_out = p.output_shuffle == 1;
-  const int64_t chunks = (total_pixels + kPixelChunk - 1) / kPixelChunk;
+  const int64_t chunk_rows = pixel_chunk(total_pixels);
+  const int64_t chunks = (total_pixels + chunk_rows - 1) / chunk_rows;
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> pixel_rows(kPixelChunk);
-    std::vector<T*> output_rows(kPixelChunk);
+    std::vector<const T*> pixel_rows(chunk_rows);
+    std::vector<T*> output_rows(chunk_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t q0 = chunk * kPixelChunk, rows = std::min(kPixelChunk, total_pixels - q0);
+      const int64_t q0 = chunk * chunk_rows, rows = std::min(chunk_rows, total_pixels - q0);
       for (int64_t r = 0; r < rows; ++r) pixel_rows[r] = x + (q0 + r) * p.in_channels;
       for (int64_t j = 0; j < p.groups; ++j) {
         for (int64_t r = 0; r < rows; ++r)
@@ -214,12 +223,13 @@ void grad_input_pixel_major(const ConvProblem& p, const ChannelTables& t, const 
   std::vector<const T*> padded_rows(p.out_channels);
   for (int64_t c = 0; c < p.out_channels; ++c) padded_rows[c] = padded.data() + c * K_padded;
   const bool contiguous_out = p.input_shuffle == 1;
-  const int64_t chunks = (total_pixels + kPixelChunk - 1) / kPixelChunk;
+  const int64_t chunk_rows = pixel_chunk(total_pixels);
+  const int64_t chunks = (total_pixels + chunk_rows - 1) / chunk_rows;
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> grad_rows(kPixelChunk);
-    std::vector<T*> output_rows(kPixelChunk);
+    std::vector<const T*> grad_rows(chunk_rows);
+    std::vector<T*> output_rows(chunk_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t q0 = chunk * kPixelChunk, rows = std::min(kPixelChunk, total_pixels - q0);
+      const int64_t q0 = chunk * chunk_rows, rows = std::min(chunk_rows, total_pixels - q0);
       for (int64_t r = 0; r < rows; ++r) grad_rows[r] = gy + (q0 + r) * p.out_channels;
       for (int64_t j = 0; j < p.groups; ++j) {
         for (int64_t r = 0; r < rows; ++r)

@@ -24,7 +24,8 @@ def median_seconds(fn, device: torch.device, min_run_time: float = 0.2, warmup: 
 
         rep_ms = max(50, int(min_run_time * 1000))
         return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") / 1e3
-    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    # Timer runs single-threaded unless told otherwise; measure with the threads the user has.
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
