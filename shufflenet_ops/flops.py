@@ -47,6 +47,13 @@ def register_flop_formulas(family: OpFamily) -> None:
     _registered.add(family.prefix)
 
 
+@register_flop_formula(torch.ops.shufflenet_ops.depthwise_conv3x3)
+def _(x_shape, weight_shape, bias_shape, stride, *args, out_shape=None, **kwargs) -> int:
+    """2 * N * H_out * W_out * C * 9, as for F.conv2d(groups=C); its backward is
+    stock convolution_backward, which PyTorch counts itself."""
+    return 2 * prod(out_shape) * prod(weight_shape[1:])
+
+
 def _defined_families() -> list[OpFamily]:
     """The native family and the prefixed copies defined so far (e.g. the Triton backend's)."""
     suffix = "pointwise_group_conv"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
-from .functional import pointwise_group_conv
+from .functional import depthwise_conv3x3, pointwise_group_conv
 from .nn import PointwiseGroupConv2d
 
 __all__ = [
@@ -149,7 +149,7 @@ class ShuffleUnit(nn.Module):
             x, weight, bias, compress.groups, output_shuffle=compress.output_shuffle, relu=True
         )
         weight, bias = _fold_batch_norm(self.depthwise.weight, self.depthwise_bn)
-        y = F.conv2d(y, weight, bias, self.stride, 1, groups=self.depthwise.groups)
+        y = depthwise_conv3x3(y, weight, bias, self.stride)
         weight, bias = _fold_batch_norm(expand.weight, self.expand_bn)
         return pointwise_group_conv(y, weight, bias, expand.groups, relu=relu_after)
 

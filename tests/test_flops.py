@@ -53,3 +53,13 @@ def test_every_defined_op_family_has_formulas():
     for family in _defined_families():
         for op in (family.pointwise_group_conv, family.grad_input, family.grad_weight):
             assert op in flop_registry, op
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv3x3_counts_like_f_conv2d(stride):
+    x = torch.randn(2, 12, 9, 7, requires_grad=True)
+    weight = torch.randn(12, 1, 3, 3, requires_grad=True)
+    b = torch.randn(12, requires_grad=True)
+    fused = count(lambda x, w, b: so.depthwise_conv3x3(x, w, b, stride, relu=True), x, weight, b)
+    stock = count(lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, 1, groups=12)), x, weight, b)
+    assert fused == stock > 0
