@@ -17,7 +17,7 @@ namespace {
 
 // Bytes each thread should copy at least: below that, waking threads costs
 // more than it saves.
-constexpr int64_t kBytesPerTask = 256 * 1024;
+constexpr int64_t kBytesPerTask = 64 * 1024;
 
 int64_t grain(int64_t bytes_per_item) {
   return std::max<int64_t>(1, kBytesPerTask / std::max<int64_t>(1, bytes_per_item));
