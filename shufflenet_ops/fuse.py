@@ -13,9 +13,9 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
   shuffle(s), the ReLU and (in eval) the BatchNorm folded into its weights;
 * so does a 1x1 convolution next to no shuffle but followed by a foldable
   BatchNorm or a ReLU: the fused op's epilogue saves their passes over memory;
-* a 3x3 depthwise convolution (padding 1, stride 1 or 2) becomes
-  ``so.depthwise_conv3x3``, with the BatchNorm after it folded (in eval) and a
-  ReLU fused;
+* in eval, a 3x3 depthwise convolution (padding 1, stride 1 or 2) becomes
+  ``so.depthwise_conv3x3``, with the BatchNorm after it folded and a ReLU
+  fused;
 * any other convolution followed by an eval-mode BatchNorm gets it folded in.
 
 In training mode a BatchNorm normalizes with batch statistics, so it cannot be
@@ -343,7 +343,8 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
         if node.graph is not graph:
             continue
         pointwise = _pointwise_conv(node)
-        depthwise = None if pointwise is not None else _depthwise_conv(node)
+        # The depthwise op only speeds up inference: its backward is stock.
+        depthwise = None if pointwise is not None or report.training else _depthwise_conv(node)
         other = None if pointwise is not None or depthwise is not None else _other_conv(node)
         if pointwise is None and depthwise is None and other is None:
             continue
