@@ -135,3 +135,10 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
         _matches(bias, "bias", x, "x", op)
         if bias.dim() != 1 or bias.shape[0] != channels:
             raise ValueError(f"{op}: expected bias of shape [C] = [{channels}], got {list(bias.shape)}")
+
+
+def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> None:
+    """Each backend states the dtypes its kernels implement (the C++ twin: check_dtype_supported)."""
+    if t.dtype not in supported:
+        names = ", ".join(str(d).removeprefix("torch.") for d in supported)
+        raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}")

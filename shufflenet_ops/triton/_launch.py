@@ -11,6 +11,8 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from .._validation import check_dtype_supported
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -39,10 +41,7 @@ def fix_interpreter_loop_bounds() -> None:
 
 
 def check_dtype(t: torch.Tensor, name: str, op: str) -> None:
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{op} (Triton backend): expected {name} to be float32, float16 or bfloat16, got {t.dtype}"
-        )
+    check_dtype_supported(t, name, f"{op} (Triton)", SUPPORTED_DTYPES)
 
 
 def dense(t: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
