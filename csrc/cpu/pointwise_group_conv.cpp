@@ -61,6 +61,14 @@ int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / mult
 // the pixel-major path: enough work to amortize the pointer tables.
 template <typename T>
 constexpr int64_t kColumnChunk = 4 * kTileVectors * kLanes<T>;
+
+// Equal column chunks of at most kColumnChunk (whole vectors but the last), so
+// that a 14x14 image splits 112 + 84 rather than 192 + 4.
+template <typename T>
+int64_t column_chunk(int64_t columns) {
+  const int64_t chunks = std::max<int64_t>(1, (columns + kColumnChunk<T> - 1) / kColumnChunk<T>);
+  return round_up((columns + chunks - 1) / chunks, kLanes<T>);
+}
 constexpr int64_t kPixelChunk = 64;
 
 // Pixel rows per task on the pixel-major path: up to kPixelChunk, fewer when
@@ -69,6 +77,21 @@ int64_t pixel_chunk(int64_t total_pixels) {
   const int64_t tasks_wanted = 2 * at::get_num_threads();
   const int64_t per_task = round_up((total_pixels + tasks_wanted - 1) / tasks_wanted, kTileRows);
   return std::clamp<int64_t>(per_task, kTileRows, kPixelChunk);
+}
+
+// How to split `rows` GEMM rows when `base_tasks` tasks alone cannot feed the
+// threads (batch 1, one group, a 7x7 image): into `count` ranges of `size`
+// rows, a multiple of the register tile.
+struct RowSplit {
+  int64_t count;
+  int64_t size;
+};
+
+RowSplit split_rows(int64_t rows, int64_t base_tasks) {
+  const int64_t wanted = 2 * at::get_num_threads();
+  const int64_t tiles = std::max<int64_t>(1, (rows + kTileRows - 1) / kTileRows);
+  const int64_t count = std::clamp<int64_t>((wanted + base_tasks - 1) / base_tasks, 1, tiles);
+  return {count, round_up((rows + count - 1) / count, kTileRows)};
 }
 
 template <typename T>
@@ -88,25 +111,31 @@ template <typename T>
 void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T* x, const T* w,
                            const acc_t<T>* bias, bool relu, T* y) {
   const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
-  const int64_t chunks = (HW + kColumnChunk<T> - 1) / kColumnChunk<T>;
+  const int64_t chunk_columns = column_chunk<T>(HW);
+  const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
   std::vector<const T*> weight_rows(p.out_channels);
   for (int64_t c = 0; c < p.out_channels; ++c) weight_rows[c] = w + c * K;
   const std::vector<int64_t> depth_offsets = iota(K);
-  at::parallel_for(0, p.batch * p.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t base_tasks = p.batch * p.groups * chunks;
+  const RowSplit split = split_rows(M, base_tasks);
+  at::parallel_for(0, base_tasks * split.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> input_rows(K);
     std::vector<T*> output_rows(M);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t chunk = task % chunks, j = task / chunks % p.groups, n = task / chunks / p.groups;
+      const int64_t part = task % split.count, base = task / split.count;
+      const int64_t chunk = base % chunks, j = base / chunks % p.groups, n = base / chunks / p.groups;
+      const int64_t m0 = part * split.size, m1 = std::min(M, m0 + split.size);
+      if (m0 >= m1) continue;
       for (int64_t k = 0; k < K; ++k)
         input_rows[k] = x + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
-      for (int64_t m = 0; m < M; ++m)
+      for (int64_t m = m0; m < m1; ++m)
         output_rows[m] = y + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
-      const GemmOperands<T> g{weight_rows.data() + j * M, depth_offsets.data(), input_rows.data(), K};
-      TileStore<T> store{output_rows.data()};
-      store.row_bias = bias ? bias + j * M : nullptr;
+      const GemmOperands<T> g{weight_rows.data() + j * M + m0, depth_offsets.data(), input_rows.data(), K};
+      TileStore<T> store{output_rows.data() + m0};
+      store.row_bias = bias ? bias + j * M + m0 : nullptr;
       store.relu = relu;
-      const int64_t col0 = chunk * kColumnChunk<T>;
-      gemm(g, M, col0, std::min(HW, col0 + kColumnChunk<T>), store);
+      const int64_t col0 = chunk * chunk_columns;
+      gemm(g, m1 - m0, col0, std::min(HW, col0 + chunk_columns), store);
     }
   });
 }
@@ -192,20 +221,26 @@ void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, cons
   std::vector<const T*> transposed_rows(p.groups * K);
   for (int64_t r = 0; r < p.groups * K; ++r) transposed_rows[r] = transposed.data() + r * M;
   const std::vector<int64_t> depth_offsets = iota(M);
-  const int64_t chunks = (HW + kColumnChunk<T> - 1) / kColumnChunk<T>;
-  at::parallel_for(0, p.batch * p.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t chunk_columns = column_chunk<T>(HW);
+  const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
+  const int64_t base_tasks = p.batch * p.groups * chunks;
+  const RowSplit split = split_rows(K, base_tasks);
+  at::parallel_for(0, base_tasks * split.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<const T*> grad_rows(M);
     std::vector<T*> output_rows(K);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t chunk = task % chunks, j = task / chunks % p.groups, n = task / chunks / p.groups;
+      const int64_t part = task % split.count, base = task / split.count;
+      const int64_t chunk = base % chunks, j = base / chunks % p.groups, n = base / chunks / p.groups;
+      const int64_t k0 = part * split.size, k1 = std::min(K, k0 + split.size);
+      if (k0 >= k1) continue;
       for (int64_t m = 0; m < M; ++m)
         grad_rows[m] = gy + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
-      for (int64_t k = 0; k < K; ++k)
+      for (int64_t k = k0; k < k1; ++k)
         output_rows[k] = gx + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
-      const GemmOperands<T> g{transposed_rows.data() + j * K, depth_offsets.data(), grad_rows.data(), M};
-      const TileStore<T> store{output_rows.data()};
-      const int64_t col0 = chunk * kColumnChunk<T>;
-      gemm(g, K, col0, std::min(HW, col0 + kColumnChunk<T>), store);
+      const GemmOperands<T> g{transposed_rows.data() + j * K + k0, depth_offsets.data(), grad_rows.data(), M};
+      const TileStore<T> store{output_rows.data() + k0};
+      const int64_t col0 = chunk * chunk_columns;
+      gemm(g, k1 - k0, col0, std::min(HW, col0 + chunk_columns), store);
     }
   });
 }
@@ -378,22 +413,19 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
   const int64_t per_slice = (total_pixels + slices - 1) / slices;
   // Split the broadcast-side rows too when groups x slices alone cannot feed the threads.
   const int64_t row_count = std::max(K, M);
-  const int64_t wanted_tasks = 4 * at::get_num_threads();
-  const int64_t row_splits = std::clamp<int64_t>(wanted_tasks / (p.groups * slices), 1,
-                                                 (row_count + kTileRows - 1) / kTileRows);
-  const int64_t rows_per_split = round_up((row_count + row_splits - 1) / row_splits, kTileRows);
+  const RowSplit split = split_rows(row_count, p.groups * slices);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "grad_weight_cpu", [&] {
     using A = acc_t<scalar_t>;
     const int64_t slice_size = p.out_channels * K;
     std::vector<A> partials(slices * slice_size, A(0));
     const scalar_t* gy_data = gy.const_data_ptr<scalar_t>();
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    at::parallel_for(0, p.groups * slices * row_splits, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.groups * slices * split.count, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t split = task % row_splits, j = task / row_splits % p.groups;
-        const int64_t s = task / row_splits / p.groups;
+        const int64_t part = task % split.count, j = task / split.count % p.groups;
+        const int64_t s = task / split.count / p.groups;
         const int64_t q0 = s * per_slice, q1 = std::min(total_pixels, q0 + per_slice);
-        const int64_t r0 = split * rows_per_split, r1 = std::min(row_count, r0 + rows_per_split);
+        const int64_t r0 = part * split.size, r1 = std::min(row_count, r0 + split.size);
         if (q0 >= q1 || r0 >= r1) continue;
         grad_weight_rows(p, tables, gy_data, x_data, pixel_major, j, r0, r1, q0, q1,
                          partials.data() + s * slice_size);
