@@ -117,13 +117,11 @@ def run(argv=None) -> dict:
                     op_jobs.append((shape, backend, training))
     model_jobs = []
     if "models" in args.sections:
-        variants = [v for v in model_level.VARIANTS if not (args.no_compile and v == "compiled")]
         for training in (False, True):
+            variants = [v for v in model_level.VARIANTS
+                        if v != "compiled" or not (args.no_compile or (training and args.quick))]
             for batch in args.batch_sizes:
-                for variant in variants:
-                    if training and variant == "compiled" and args.quick:
-                        continue
-                    model_jobs.append((variant, training, batch))
+                model_jobs.append((variants, training, batch))
     theory_models = []
     if "theory" in args.sections:
         theory_models = list(dict.fromkeys(m for pair in theory.WIDTH_PAIRS + theory.GROUP_PAIRS for m in pair))
@@ -134,11 +132,10 @@ def run(argv=None) -> dict:
         progress.step(f"op {backend} {'fwd+bwd' if training else 'fwd'} {shape.name}")
         op_rows.append(op_level.measure(shape, backend, channels_last=args.channels_last, training=training, **common))
     op_level.add_speedups(op_rows)
-    for variant, training, batch in model_jobs:
-        progress.step(f"model {variant} {'train' if training else 'inference'} batch {batch}")
-        model_rows.append(model_level.measure(variant, training=training, batch=batch, groups=3, width_mult=1.0,
-                                              resolution=args.resolution, channels_last=args.channels_last,
-                                              **common))
+    for variants, training, batch in model_jobs:
+        progress.step(f"model {'train' if training else 'inference'} batch {batch}: {', '.join(variants)}")
+        model_rows += model_level.measure(variants, training=training, batch=batch, groups=3, width_mult=1.0,
+                                          resolution=args.resolution, channels_last=args.channels_last, **common)
     for width_mult, groups in theory_models:
         progress.step(f"theory {width_mult}x g{groups}")
         measured_models[(width_mult, groups)] = theory.measure_model(width_mult, groups, resolution=args.resolution,

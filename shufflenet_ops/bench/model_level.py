@@ -4,6 +4,8 @@ for inference and for a training step (forward, cross-entropy, backward, SGD).""
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 import torch.nn.functional as F
 
@@ -40,25 +42,38 @@ def training_step_seconds(module, parameters, x, device, min_run_time) -> float:
     return median_seconds(step, device, min_run_time)
 
 
-def measure(variant: str, *, training: bool, batch: int, groups: int, width_mult: float, resolution: int,
-            device, dtype, channels_last: bool, min_run_time: float) -> dict:
+# Each variant is timed this many times, in turns, and the median kept: the
+# variants see the same drift of a shared machine.
+ROUNDS = 3
+
+
+def measure(variants, *, training: bool, batch: int, groups: int, width_mult: float, resolution: int,
+            device, dtype, channels_last: bool, min_run_time: float) -> list[dict]:
     torch.manual_seed(0)
     model = shufflenet_v1_unfused(groups=groups, width_mult=width_mult).to(device=device, dtype=dtype)
     model.train(training)
     x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    module = build(variant, model, x)
-    if training:
-        seconds = training_step_seconds(module, list(model.parameters()), x, device, min_run_time)
-    else:
-        seconds = inference_seconds(module, x, device, min_run_time)
-    return {
-        "model": f"shufflenet_v1 {width_mult}x g{groups}",
-        "variant": variant,
-        "mode": "train step" if training else "inference",
-        "batch": batch,
-        "resolution": resolution,
-        "seconds": seconds,
-        "images_per_s": batch / seconds,
-    }
+    modules = {variant: build(variant, model, x) for variant in variants}
+    rounds = {variant: [] for variant in variants}
+    for _ in range(ROUNDS):
+        for variant, module in modules.items():
+            if training:
+                seconds = training_step_seconds(module, list(model.parameters()), x, device, min_run_time)
+            else:
+                seconds = inference_seconds(module, x, device, min_run_time)
+            rounds[variant].append(seconds)
+    return [
+        {
+            "model": f"shufflenet_v1 {width_mult}x g{groups}",
+            "variant": variant,
+            "mode": "train step" if training else "inference",
+            "batch": batch,
+            "resolution": resolution,
+            "seconds": statistics.median(times),
+            "rounds_seconds": times,
+            "images_per_s": batch / statistics.median(times),
+        }
+        for variant, times in rounds.items()
+    ]
