@@ -77,11 +77,13 @@ def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu
     )
 
 
-def _native_devices() -> dict[str, int]:
-    devices = {"cpu": 10}
-    if torch._C._dispatch_has_kernel_for_dispatch_key(NATIVE.qualname("pointwise_group_conv"), "CUDA"):
-        devices["cuda"] = 10
-    return devices
+def _devices_with_kernel(qualname: str) -> frozenset[str]:
+    """The device types for which the compiled extension registered a kernel of ``qualname``."""
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(d for d, key in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+
+
+_DEPTHWISE_NATIVE_DEVICES = _devices_with_kernel(DEPTHWISE_CONV3X3)
 
 
 backends.register_backend(
@@ -98,14 +100,7 @@ backends.register_backend(
         name="native",
         channel_shuffle=NATIVE.channel_shuffle,
         pointwise_group_conv=NATIVE.pointwise_group_conv,
-        priority=_native_devices(),
+        priority={device: 10 for device in _devices_with_kernel(NATIVE.qualname("pointwise_group_conv"))},
     )
 )
 
-
-def _devices_with_kernel(qualname: str) -> frozenset[str]:
-    keys = {"cpu": "CPU", "cuda": "CUDA"}
-    return frozenset(d for d, key in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
-
-
-_DEPTHWISE_NATIVE_DEVICES = _devices_with_kernel(DEPTHWISE_CONV3X3)
