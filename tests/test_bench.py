@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet_ops as so
-from shufflenet_ops.bench import cli
+from shufflenet_ops.bench import anchors, cli
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_help_lists_every_option(capsys):
         cli.run(["--help"])
     text = capsys.readouterr().out
     for option in ("--device", "--dtype", "--quick", "--out", "--sections", "--batch-sizes", "--groups",
-                   "--resolution", "--channels-last", "--min-run-time", "--threads", "--no-compile"):
+                   "--resolution", "--channels-last", "--min-run-time", "--threads", "--no-compile", "--no-anchors"):
         assert option in text
 
 
@@ -47,7 +47,8 @@ def zoo_multiply_adds(width_mult, groups, resolution):
 
 def test_small_run_is_consistent(tmp_path):
     results = cli.run(["--device", "cpu", "--sections", "ops,models,theory", "--groups", "3", "--batch-sizes", "1",
-                       "--resolution", "64", "--min-run-time", "0.01", "--no-compile", "--out", str(tmp_path)])
+                       "--resolution", "64", "--min-run-time", "0.01", "--no-compile", "--no-anchors",
+                       "--out", str(tmp_path)])
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["ops"] == results["ops"]
     for name in ("ops.csv", "models.csv", "theory.csv"):
@@ -74,3 +75,12 @@ def test_small_run_is_consistent(tmp_path):
 
     assert {(r["mode"], r["variant"]) for r in results["models"]} == {
         (mode, variant) for mode in ("inference", "train step") for variant in ("unfused", "fused")}
+
+
+@pytest.mark.parametrize("runtime", anchors.RUNTIMES)
+def test_anchor_runs_the_exported_unfused_model(runtime):
+    if runtime not in anchors.installed():
+        pytest.skip(f"{runtime} (or onnx/onnxscript for the export) is not installed")
+    # measure() first checks the runtime's output against PyTorch's.
+    row = anchors.measure(runtime, batch=2, groups=3, width_mult=0.5, resolution=64, min_run_time=0.01)
+    assert row["variant"] == runtime and row["seconds"] > 0

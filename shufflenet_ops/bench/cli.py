@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..backends import available_backends
-from . import model_level, op_level, report, theory
+from . import anchors, model_level, op_level, report, theory
 from .shapes import shufflenet_layer_shapes
 
 SECTIONS = ("ops", "models", "theory")
@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds of timed runs per measurement (default: 0.2; quick: 0.05)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's default)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--no-anchors", action="store_true",
+                   help="skip the ONNX Runtime / OpenVINO rows (measured on CPU where installed: pip install .[bench])")
     return p
 
 
@@ -122,11 +124,14 @@ def run(argv=None) -> dict:
                         if v != "compiled" or not (args.no_compile or (training and args.quick))]
             for batch in args.batch_sizes:
                 model_jobs.append((variants, training, batch))
+    anchor_jobs = []
+    if "models" in args.sections and device.type == "cpu" and dtype == torch.float32 and not args.no_anchors:
+        anchor_jobs = [(runtime, batch) for runtime in anchors.installed() for batch in args.batch_sizes]
     theory_models = []
     if "theory" in args.sections:
         theory_models = list(dict.fromkeys(m for pair in theory.WIDTH_PAIRS + theory.GROUP_PAIRS for m in pair))
 
-    progress = report.Progress(len(op_jobs) + len(model_jobs) + len(theory_models))
+    progress = report.Progress(len(op_jobs) + len(model_jobs) + len(anchor_jobs) + len(theory_models))
     op_rows, model_rows, measured_models = [], [], {}
     for shape, backend, training in op_jobs:
         progress.step(f"op {backend} {'fwd+bwd' if training else 'fwd'} {shape.name}")
@@ -136,6 +141,10 @@ def run(argv=None) -> dict:
         progress.step(f"model {'train' if training else 'inference'} batch {batch}: {', '.join(variants)}")
         model_rows += model_level.measure(variants, training=training, batch=batch, groups=3, width_mult=1.0,
                                           resolution=args.resolution, channels_last=args.channels_last, **common)
+    for runtime, batch in anchor_jobs:
+        progress.step(f"anchor {runtime} inference batch {batch}")
+        model_rows.append(anchors.measure(runtime, batch=batch, groups=3, width_mult=1.0, resolution=args.resolution,
+                                          min_run_time=args.min_run_time))
     for width_mult, groups in theory_models:
         progress.step(f"theory {width_mult}x g{groups}")
         measured_models[(width_mult, groups)] = theory.measure_model(width_mult, groups, resolution=args.resolution,
@@ -149,6 +158,7 @@ def run(argv=None) -> dict:
     report.print_table("Op level: pointwise_group_conv + output shuffle (median us; speedup over reference)", op_rows,
                        [("shape", "shape"), ("pass", "pass"), ("backend", "backend"), ("us", "us"),
                         ("GB/s", "gb_per_s"), ("GFLOP/s", "gflop_per_s"), ("speedup", "speedup_vs_reference")])
+    model_rows.sort(key=lambda r: (r["mode"] != "inference", r["batch"]))
     for r in model_rows:
         r["ms"] = r["seconds"] * 1e3
     report.print_table("Model level: ShuffleNet v1 1x g3 (median ms)", model_rows,

@@ -1,0 +1,76 @@
+"""Anchors: what a user would pick instead of PyTorch for CPU inference, ONNX
+Runtime and OpenVINO, running the unfused model exported to ONNX. Each runs
+only where its package is installed (``pip install .[bench]``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..models import shufflenet_v1_unfused
+from .timing import median_seconds
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def installed() -> list[str]:
+    """The anchor runtimes importable here (ONNX export also needs onnx and onnxscript)."""
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript")):
+        return []
+    return [name for name in RUNTIMES if importlib.util.find_spec(name)]
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
+    torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, verbose=False)
+
+
+def _onnxruntime_runner(path: Path, x):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)[0]
+
+
+def _openvino_runner(path: Path, x):
+    import openvino
+
+    core = openvino.Core()
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    request = compiled.create_infer_request()
+    array = x.numpy()
+    return lambda: request.infer([array])[compiled.output(0)]
+
+
+RUNNERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
+
+
+def measure(runtime: str, *, batch: int, groups: int, width_mult: float, resolution: int,
+            min_run_time: float) -> dict:
+    """Median inference latency of the exported unfused model under ``runtime``
+    (CPU, float32), checked against PyTorch's output first."""
+    torch.manual_seed(0)
+    model = shufflenet_v1_unfused(groups=groups, width_mult=width_mult).eval()
+    x = torch.randn(batch, 3, resolution, resolution)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "shufflenet_v1.onnx"
+        export_onnx(model, x, path)
+        run = RUNNERS[runtime](path, x)
+        with torch.no_grad():
+            expected = model(x)
+        torch.testing.assert_close(torch.from_numpy(run()), expected, rtol=1e-3, atol=1e-3)
+        seconds = median_seconds(run, torch.device("cpu"), min_run_time)
+    return {
+        "model": f"shufflenet_v1 {width_mult}x g{groups}",
+        "variant": runtime,
+        "mode": "inference",
+        "batch": batch,
+        "resolution": resolution,
+        "seconds": seconds,
+        "images_per_s": batch / seconds,
+    }
