@@ -37,8 +37,6 @@ constexpr int64_t kMinPixelsPerThread = 4096;
 // Widened input rows of one NCHW task stay in L1.
 constexpr int64_t kBandBytes = 16 * 1024;
 
-int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
-
 int64_t output_size(int64_t in, int64_t stride) { return in == 0 ? 0 : (in - 1) / stride + 1; }
 
 template <typename T>

@@ -55,8 +55,6 @@ std::vector<int64_t> iota(int64_t n, int64_t step = 1) {
   return v;
 }
 
-int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
-
 // Pixel columns per task on the channel-major path and pixel rows per task on
 // the pixel-major path: enough work to amortize the pointer tables.
 template <typename T>

@@ -114,6 +114,8 @@ inline void store_vec_partial(T* p, vec_t<T> v, int64_t count) {
   std::memcpy(p, padded, count * sizeof(T));
 }
 
+inline int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
+
 template <typename V>
 inline auto horizontal_sum(V v) {
   auto sum = v[0];
