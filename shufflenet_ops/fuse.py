@@ -234,17 +234,24 @@ def _call_arguments(node: fx.Node) -> dict:
     return values
 
 
-def _pointwise_conv(node: fx.Node):
-    """(x, weight, bias, groups) if ``node`` is a 1x1, stride-1, unpadded 2-D convolution."""
+def _conv2d(node: fx.Node):
+    """(arguments, input value, weight value) if ``node`` is a non-transposed 2-D convolution."""
     if not _is_call(node, _CONVS):
         return None
     a = _call_arguments(node)
-    if a.get("transposed", False):
-        return None
     weight, x = _val(a["weight"]), _val(a["input"])
-    if weight is None or x is None or x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
+    if a.get("transposed", False) or weight is None or x is None or x.dim() != 4 or weight.dim() != 4:
         return None
-    if any(s != 1 for s in a["stride"]) or any(p != 0 for p in a["padding"]):
+    return a, x, weight
+
+
+def _pointwise_conv(node: fx.Node):
+    """(x, weight, bias, groups) if ``node`` is a 1x1, stride-1, unpadded 2-D convolution."""
+    conv = _conv2d(node)
+    if conv is None:
+        return None
+    a, _, weight = conv
+    if tuple(weight.shape[2:]) != (1, 1) or any(s != 1 for s in a["stride"]) or any(p != 0 for p in a["padding"]):
         return None
     return a["input"], a["weight"], a["bias"], a["groups"]
 
@@ -305,13 +312,11 @@ def _fold(gm, weight_node, bias_node, bn):
 
 def _depthwise_conv(node: fx.Node):
     """(x, weight, bias, stride) if ``node`` is a 3x3 depthwise convolution with padding 1 and stride 1 or 2."""
-    if not _is_call(node, _CONVS):
+    conv = _conv2d(node)
+    if conv is None:
         return None
-    a = _call_arguments(node)
-    if a.get("transposed", False):
-        return None
-    weight, x = _val(a["weight"]), _val(a["input"])
-    if weight is None or x is None or x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[1:]) != (1, 3, 3):
+    a, x, weight = conv
+    if tuple(weight.shape[1:]) != (1, 3, 3):
         return None
     channels = weight.shape[0]
     if not (isinstance(channels, int) and a["groups"] == channels and x.shape[1] == channels):
@@ -326,12 +331,10 @@ def _depthwise_conv(node: fx.Node):
 
 def _other_conv(node: fx.Node):
     """(x, weight, bias, conv2d arguments) of any other non-transposed 2-D convolution."""
-    if not _is_call(node, _CONVS):
+    conv = _conv2d(node)
+    if conv is None:
         return None
-    a = _call_arguments(node)
-    weight = _val(a["weight"])
-    if a.get("transposed", False) or weight is None or weight.dim() != 4:
-        return None
+    a = conv[0]
     return a["input"], a["weight"], a["bias"], (a["stride"], a["padding"], a["dilation"], a["groups"])
 
 

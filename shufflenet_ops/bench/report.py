@@ -63,13 +63,21 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def plot_theory(path: Path, rows: list[dict], machine: str) -> bool:
+def _pyplot():
+    """matplotlib's pyplot on a file backend, or None where matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_theory(path: Path, rows: list[dict], machine: str) -> bool:
+    plt = _pyplot()
+    if plt is None:
         return False
     if not rows:
         return False
@@ -92,12 +100,8 @@ def plot_theory(path: Path, rows: list[dict], machine: str) -> bool:
 
 
 def plot_ops(path: Path, rows: list[dict], machine: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     forward = [r for r in rows if r["pass"] == "fwd"]
     if not forward:
