@@ -68,26 +68,32 @@ def shufflenet_v1_channels(groups: int, width_mult: float) -> tuple[int, tuple[i
     return stem, stages
 
 
+# BatchNorm module -> (weak references to the tensors folded, their versions and
+# the shuffle, the folded (weight, bias)); entries go away with their module.
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d, output_shuffle: int | None = None):
     """(weight, bias) of a bias-free conv followed by ``bn`` in eval mode. With
     ``output_shuffle``, ``bn`` normalizes the conv's shuffled output: its channel
     c belongs to the conv's channel that the shuffle sends to c.
 
-    Without autograd (no_grad, inference_mode) the result is cached on ``bn``
+    Without autograd (no_grad, inference_mode) the result is cached per ``bn``
     while the very same tensors, unmodified, go in: inference then pays for the
-    folding once, not at every call."""
+    folding once, not at every call. The cache lives outside the module, so
+    saving, copying or pickling a model is unaffected by it."""
     sources = tuple(t for t in (weight, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None)
     cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
     if cacheable:
         key = (tuple(t._version for t in sources), output_shuffle, bn.eps)
-        cached = getattr(bn, "_folded_cache", None)
+        cached = _FOLDED.get(bn)
         # Weak references: a tensor that was replaced (load_state_dict(assign=True), .to())
         # never matches, even if a new one reuses its address.
         if cached is not None and cached[1] == key and all(r() is t for r, t in zip(cached[0], sources, strict=True)):
             return cached[2]
     folded = _compute_folded(weight, bn, output_shuffle)
     if cacheable:
-        bn._folded_cache = (tuple(weakref.ref(t) for t in sources), key, folded)
+        _FOLDED[bn] = (tuple(weakref.ref(t) for t in sources), key, folded)
     return folded
 
 

@@ -2,6 +2,9 @@
 and against a ShuffleNet v1 written with stock PyTorch modules (outputs,
 gradients and BatchNorm statistics, in train and eval mode)."""
 
+import copy
+import io
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -196,3 +199,19 @@ def test_eval_folding_cache_follows_parameter_changes():
     with torch.no_grad():
         reloaded = model(x)
     torch.testing.assert_close(reloaded, without_cache())
+
+
+def test_a_model_that_ran_inference_still_saves_whole():
+    model = so.models.shufflenet_v1(3, 0.25, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)  # fills the folding cache
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    reloaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), expected)
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), expected)
