@@ -44,7 +44,7 @@ step bench_triton 45 "$OUT/bench.log" "$PYTHON" benchmarks/bench_triton.py \
   --device cuda --dtype bfloat16 --quick --json "$OUT/bench_triton.json"
 step bench_pointwise_group_conv 40 "$OUT/bench.log" "$PYTHON" benchmarks/bench_pointwise_group_conv.py \
   --device cuda --dtype bfloat16 --quick --json "$OUT/bench_pointwise_group_conv.json"
-step bench_channel_shuffle 25 "$OUT/bench.log" "$PYTHON" benchmarks/bench_channel_shuffle.py \
+step bench_channel_shuffle 40 "$OUT/bench.log" "$PYTHON" benchmarks/bench_channel_shuffle.py \
   --device cuda --dtype bfloat16 --quick --json "$OUT/bench_channel_shuffle.json"
 
 OUT="$OUT" "$PYTHON" - <<'PY'

@@ -32,15 +32,15 @@ def register_flop_formulas(family: OpFamily) -> None:
     if family.prefix in _registered:
         return
 
-    @register_flop_formula(family.pointwise_group_conv)
+    @register_flop_formula(family.pointwise_group_conv.overloadpacket)
     def _(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
         return _conv_flops(x_shape, weight_shape)
 
-    @register_flop_formula(family.grad_input)
+    @register_flop_formula(family.grad_input.overloadpacket)
     def _(grad_out_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
         return _conv_flops(grad_out_shape, weight_shape)
 
-    @register_flop_formula(family.grad_weight)
+    @register_flop_formula(family.grad_weight.overloadpacket)
     def _(grad_out_shape, x_shape, groups, *args, out_shape=None, **kwargs) -> int:
         return 2 * prod(grad_out_shape) * (x_shape[1] // groups)
 

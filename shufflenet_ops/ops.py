@@ -33,8 +33,9 @@ class OpFamily:
 
     prefix: str
 
-    def op(self, name: str) -> torch._ops.OpOverloadPacket:
-        return getattr(getattr(torch.ops, NAMESPACE), self.prefix + name)
+    def op(self, name: str) -> torch._ops.OpOverload:
+        # The overload itself: calling the packet costs another Python hop per call.
+        return getattr(getattr(torch.ops, NAMESPACE), self.prefix + name).default
 
     def qualname(self, name: str) -> str:
         return f"{NAMESPACE}::{self.prefix}{name}"
@@ -101,9 +102,13 @@ def _register_autograd(family: OpFamily) -> None:
         # The inverse of a shuffle with g groups is the shuffle with C / g groups.
         return family.channel_shuffle(grad, grad.shape[1] // ctx.groups), None
 
-    torch.library.register_autograd(
-        family.qualname("channel_shuffle"), shuffle_backward, setup_context=shuffle_setup_context
-    )
+    # The native channel_shuffle has its autograd compiled in
+    # (csrc/channel_shuffle_autograd.cpp): the same formula without the cost of
+    # a Python kernel on every call.
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(family.qualname("channel_shuffle"), "Autograd"):
+        torch.library.register_autograd(
+            family.qualname("channel_shuffle"), shuffle_backward, setup_context=shuffle_setup_context
+        )
 
     def conv_setup_context(ctx, inputs, output):
         x, weight, bias, groups, input_shuffle, output_shuffle, relu = inputs
@@ -149,7 +154,7 @@ def define_family(prefix: str) -> OpFamily:
         raise ValueError("define_family: expected a non-empty prefix; the native family exists already")
     library = torch.library.Library(NAMESPACE, "FRAGMENT")
     for name in OP_NAMES:
-        schema = str(NATIVE.op(name).default._schema)
+        schema = str(NATIVE.op(name)._schema)
         library.define(schema.replace(f"{NAMESPACE}::{name}(", f"{prefix}{name}(", 1))
     _fragments.append(library)
     return _register(OpFamily(prefix))

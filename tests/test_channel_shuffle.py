@@ -32,6 +32,19 @@ def test_matches_torch_channel_shuffle(shape, groups, memory_format, dtype):
         assert y.is_contiguous(memory_format=memory_format)
 
 
+# In channels_last, 2, 3, 4, 8 or 16 groups take a vectorized transpose that works
+# in blocks of a whole vector, then halves of it, down to single elements; these
+# per-group channel counts leave every tail size for every element size.
+@pytest.mark.parametrize("groups", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("per_group", [1, 3, 5, 16, 31, 64, 67])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8])
+def test_channels_last_transpose_blocks(groups, per_group, dtype):
+    x = torch.randint(0, 100, (2, groups * per_group, 3, 5)).to(dtype).to(memory_format=torch.channels_last)
+    y = so.channel_shuffle(x, groups)
+    assert torch.equal(y, torch.channel_shuffle(x.contiguous(), groups))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("shape", [(2, 12, 7), (2, 12, 3, 4, 5)])
 def test_other_ranks(shape):
     x = torch.randn(shape)
@@ -72,7 +85,17 @@ def test_gradient(memory_format):
     x_ref = x.detach().clone().requires_grad_()
     (torch.channel_shuffle(x_ref, 3) * grad).sum().backward()
     assert torch.equal(x.grad, x_ref.grad)
-    assert torch.autograd.gradcheck(lambda t: so.channel_shuffle(t, 4), (torch.randn(1, 8, 2, 3, dtype=torch.float64, requires_grad=True),))
+    leaf = torch.randn(1, 8, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: so.channel_shuffle(t, 4), (leaf,))
+    assert torch.autograd.gradgradcheck(lambda t: so.channel_shuffle(t, 4), (leaf,))
+
+
+def test_no_graph_without_grad_mode():
+    x = torch.randn(2, 12, 3, 3, requires_grad=True)
+    with torch.no_grad():
+        y = so.channel_shuffle(x, 3)
+    assert y.grad_fn is None and not y.requires_grad
+    assert torch.equal(y, torch.channel_shuffle(x.detach(), 3))
 
 
 @pytest.mark.parametrize("backend", ["reference", "native"])
