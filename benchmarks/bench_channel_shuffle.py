@@ -13,7 +13,6 @@ Two comparisons, each measured in the same run:
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,19 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import shufflenet_ops as so  # noqa: E402
-
-# Each function is timed in this many interleaved rounds (median of their
-# medians), so a slow spell of the machine hits every contender alike.
-ROUNDS = 3
-
-
-def measure(fns: dict, device: torch.device, min_run_time: float) -> dict:
-    rounds = {name: [] for name in fns}
-    for _ in range(ROUNDS):
-        for name, fn in fns.items():
-            rounds[name].append(common.median_seconds(fn, device, min_run_time / ROUNDS))
-    return {name: statistics.median(times) for name, times in rounds.items()}
-
 
 def main(argv=None):
     args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
@@ -51,7 +37,7 @@ def main(argv=None):
             x = torch.randn(shape.batch, shape.c_out, shape.size, shape.size, device=device, dtype=dtype)
             x = x.to(memory_format=fmt)
             g = shape.groups
-            times = measure({
+            times = common.interleaved_medians({
                 "torch_op": lambda: torch_op(x, g),
                 "ours_op": lambda: ours_op(x, g),
                 "torch_call": lambda: torch.channel_shuffle(x, g),

@@ -1,7 +1,9 @@
 """Op benchmark of pointwise_group_conv with the output shuffle, at ShuffleNet
 v1 1x layer shapes: the fused op against F.conv2d(groups) + torch.channel_shuffle
 (the reference) and against the bare batched matmul of the same GEMMs (what the
-convolution would cost if the shuffle were free).
+convolution would cost if the shuffle were free). The forward runs under
+torch.no_grad; the backward is timed alone, from a recorded forward. The
+contenders of each shape are timed in interleaved rounds.
 
     python benchmarks/bench_pointwise_group_conv.py [--device cuda] [--quick] [--json out.json]
 """
@@ -12,42 +14,33 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-import shufflenet_ops as so  # noqa: E402
+from shufflenet_ops.bench import op_level  # noqa: E402
 
 
-def make_case(shape: common.LayerShape, device, dtype, channels_last: bool):
-    g = shape.groups
-    x = torch.randn(shape.batch, shape.c_in, shape.size, shape.size, device=device, dtype=dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    w = torch.randn(shape.c_out, shape.c_in // g, 1, 1, device=device, dtype=dtype) * 0.1
-    k, m, hw = shape.c_in // g, shape.c_out // g, shape.size * shape.size
-    x_groups = x.contiguous().view(shape.batch, g, k, hw)
-    w_groups = w.view(g, m, k)
-    forward = {
-        "reference": lambda: torch.channel_shuffle(F.conv2d(x, w, groups=g), g),
-        "native": lambda: so.pointwise_group_conv(x, w, None, g, output_shuffle=g, backend="native"),
-        "matmul": lambda: torch.matmul(w_groups, x_groups),
-    }
-    return x, w, forward
+FORWARD = ("reference", "native", op_level.FLOOR)
+BACKWARD = ("reference", "native")
 
 
-def backward_fns(x, w, shape):
-    """Gradient of x and weight given the output gradient, for each implementation."""
-    g = shape.groups
-    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
-    y_ref = torch.channel_shuffle(F.conv2d(x, w, groups=g), g)
-    y_nat = so.pointwise_group_conv(x, w, None, g, output_shuffle=g, backend="native")
-    grad = torch.randn_like(y_ref)
-    return {
-        "reference": lambda: torch.autograd.grad(y_ref, (x, w), grad, retain_graph=True),
-        "native": lambda: torch.autograd.grad(y_nat, (x, w), grad, retain_graph=True),
-    }
+def forward_fns(shape: common.LayerShape, device, dtype, channels_last: bool) -> dict:
+    x, w = op_level.make_inputs(shape, device, dtype, channels_last, requires_grad=False)
+    return {name: op_level.make_forward(name, shape, x, w)[0] for name in FORWARD}
+
+
+def backward_fns(shape: common.LayerShape, device, dtype, channels_last: bool) -> dict:
+    """Gradients of x and weight given the output gradient (the backward pass alone)."""
+    x, w = op_level.make_inputs(shape, device, dtype, channels_last, requires_grad=True)
+    fns = {}
+    for name in BACKWARD:
+        forward, leaves = op_level.make_forward(name, shape, x, w)
+        y = forward()
+        grad = torch.randn_like(y)
+        fns[f"{name}_backward"] = lambda y=y, leaves=leaves, grad=grad: torch.autograd.grad(
+            y, leaves, grad, retain_graph=True)
+    return fns
 
 
 def main(argv=None):
@@ -61,21 +54,22 @@ def main(argv=None):
 
     results, rows = [], []
     for shape in common.shufflenet_layer_shapes(batches):
-        x, w, forward = make_case(shape, device, dtype, args.channels_last)
-        times = {name: common.median_seconds(fn, device, min_run_time) for name, fn in forward.items()}
+        with torch.no_grad():
+            times = common.interleaved_medians(forward_fns(shape, device, dtype, args.channels_last), device,
+                                               min_run_time)
         if not args.no_backward:
-            for name, fn in backward_fns(x, w, shape).items():
-                times[f"{name}_backward"] = common.median_seconds(fn, device, min_run_time)
+            times.update(common.interleaved_medians(backward_fns(shape, device, dtype, args.channels_last), device,
+                                                    min_run_time))
         ratios = {
             "speedup_vs_reference": times["reference"] / times["native"],
-            "time_vs_matmul": times["native"] / times["matmul"],
-            "reference_vs_matmul": times["reference"] / times["matmul"],
+            "time_vs_matmul": times["native"] / times[op_level.FLOOR],
+            "reference_vs_matmul": times["reference"] / times[op_level.FLOOR],
         }
         if not args.no_backward:
             ratios["backward_speedup_vs_reference"] = times["reference_backward"] / times["native_backward"]
         results.append({"shape": shape, "times_s": times, **ratios})
         rows.append(
-            [shape.name, f"{times['reference'] * 1e6:.0f}", f"{times['native'] * 1e6:.0f}", f"{times['matmul'] * 1e6:.0f}",
+            [shape.name, f"{times['reference'] * 1e6:.0f}", f"{times['native'] * 1e6:.0f}", f"{times[op_level.FLOOR] * 1e6:.0f}",
              f"{ratios['speedup_vs_reference']:.2f}x", f"{ratios['time_vs_matmul']:.2f}",
              f"{ratios['reference_vs_matmul']:.2f}"]
             + ([f"{ratios['backward_speedup_vs_reference']:.2f}x"] if not args.no_backward else [])

@@ -12,7 +12,7 @@ from dataclasses import asdict
 import torch
 
 from shufflenet_ops.bench.shapes import LayerShape, shufflenet_layer_shapes  # noqa: F401
-from shufflenet_ops.bench.timing import geometric_mean, median_seconds  # noqa: F401
+from shufflenet_ops.bench.timing import geometric_mean, interleaved_medians, median_seconds  # noqa: F401
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

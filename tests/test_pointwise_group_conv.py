@@ -26,6 +26,7 @@ EDGE_SHAPES = [
     (2, 12, 24, 1, 1, 3),  # 1x1 spatial
     (2, 24, 12, 7, 9, 4),  # odd H x W
     (1, 48, 48, 3, 37, 2),  # columns not a multiple of the vector width
+    (1, 120, 30, 5, 7, 3),  # a 3-column tail taken as dot products over a depth of 40
     (0, 12, 12, 4, 4, 3),  # empty batch
 ]
 # (input_shuffle, output_shuffle) as multiples of groups: None = no shuffle.

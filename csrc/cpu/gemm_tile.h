@@ -26,6 +26,8 @@ struct GemmOperands {
   // B rows may be read up to the next multiple of the vector width (packed,
   // zero-padded weights); otherwise a ragged last column block is copied first.
   bool b_rows_padded = false;
+  // A(r, k) = a_rows[r][k]: lets a short ragged column tail run as dot products.
+  bool a_rows_contiguous = false;
 };
 
 // Register tile: kTileRows rows of A by kTileVectors vectors of B columns,
@@ -146,6 +148,59 @@ inline void accumulate_rows(const GemmOperands<T>& g, int64_t row0, int64_t rows
   }
 }
 
+// A ragged tail of at most this many columns (the odd pixels of a 7x7 or
+// 14x14 image) may run as dot products along k over A's contiguous rows.
+inline constexpr int kDotTailColumns = 8;
+
+// Whether those dot products beat a tile that spends a whole vector on the
+// tail: per row, `tail` dot products of depth / lanes FMAs plus a horizontal
+// sum each (about 2 log2(lanes) dependent steps) against about one FMA per k.
+template <typename T>
+inline bool dot_tail_pays(int64_t tail, int64_t depth) {
+  constexpr int64_t kHorizontalSumSteps = 2 * (kLanes<T> >= 16 ? 4 : kLanes<T> >= 8 ? 3 : 2);
+  return tail <= kDotTailColumns && tail * ((depth + kLanes<T> - 1) / kLanes<T> + kHorizontalSumSteps) < depth;
+}
+
+// Columns [col0, col0 + Cols) of a Rows-row tile, as dot products of A's rows
+// with B's columns; columns past `cols` are zero and go unstored.
+template <typename T, int Cols>
+inline void dot_tile(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                     acc_t<T>* columns, acc_t<T>* tile) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  const int64_t depth_padded = round_up(g.depth, L);
+  for (int c = 0; c < Cols; ++c)
+    for (int64_t k = 0; k < depth_padded; ++k)
+      columns[c * depth_padded + k] = c < cols && k < g.depth ? load_scalar(g.b_rows[k] + col0 + c) : A(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a_row = g.a_rows[row0 + r];
+    V acc[Cols];
+#pragma GCC unroll 8
+    for (int c = 0; c < Cols; ++c) acc[c] = V{};
+    for (int64_t k = 0; k < g.depth; k += L) {
+      const V a = g.depth - k >= L ? load_vec(a_row + k) : load_vec_partial(a_row + k, g.depth - k);
+#pragma GCC unroll 8
+      for (int c = 0; c < Cols; ++c) {
+        V b;
+        std::memcpy(&b, columns + c * depth_padded + k, sizeof b);
+        acc[c] += a * b;
+      }
+    }
+    for (int c = 0; c < cols; ++c) tile[r * kTileVectors * L + c] = horizontal_sum(acc[c]);
+  }
+}
+
+template <typename T>
+inline void dot_tail(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                     std::vector<acc_t<T>>& columns, acc_t<T>* tile) {
+  columns.resize(kDotTailColumns * round_up(g.depth, kLanes<T>));
+  if (cols == 1) return dot_tile<T, 1>(g, row0, rows, col0, cols, columns.data(), tile);
+  if (cols == 2) return dot_tile<T, 2>(g, row0, rows, col0, cols, columns.data(), tile);
+  if (cols <= 4) return dot_tile<T, 4>(g, row0, rows, col0, cols, columns.data(), tile);
+  return dot_tile<T, kDotTailColumns>(g, row0, rows, col0, cols, columns.data(), tile);
+}
+
 // C = A * B for `rows` x [col_begin, col_end). `store` is a TileStore, or a
 // callable store(row0, rows, col0, cols, tile) given each finished tile.
 template <typename T, typename Store>
@@ -157,8 +212,22 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
   alignas(64) acc_t<T> tile[kTileRows * kTileVectors * L];
   std::vector<T> padded;
   std::vector<const T*> padded_rows;
+  std::vector<acc_t<T>> tail_columns;
   for (int64_t col0 = col_begin; col0 < col_end; col0 += block) {
-    const int64_t cols = std::min(block, col_end - col0);
+    int64_t cols = std::min(block, col_end - col0);
+    if (const int64_t tail = cols % L; g.a_rows_contiguous && tail != 0 && dot_tail_pays<T>(tail, g.depth)) {
+      cols -= tail;
+      for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) {
+        const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
+        dot_tail(g, row0, tile_rows, col0 + cols, tail, tail_columns, tile);
+        if constexpr (is_tile_store) {
+          store_tile(store, row0, tile_rows, col0 + cols, tail, tile);
+        } else {
+          store(row0, tile_rows, col0 + cols, tail, tile);
+        }
+      }
+      if (cols == 0) continue;
+    }
     const int vectors = static_cast<int>((cols + L - 1) / L);
     GemmOperands<T> panel = g;
     int64_t b_col = col0;

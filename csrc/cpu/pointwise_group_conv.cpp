@@ -128,7 +128,8 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
         input_rows[k] = x + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
       for (int64_t m = m0; m < m1; ++m)
         output_rows[m] = y + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
-      const GemmOperands<T> g{weight_rows.data() + j * M + m0, depth_offsets.data(), input_rows.data(), K};
+      GemmOperands<T> g{weight_rows.data() + j * M + m0, depth_offsets.data(), input_rows.data(), K};
+      g.a_rows_contiguous = true;
       TileStore<T> store{output_rows.data() + m0};
       store.row_bias = bias ? bias + j * M + m0 : nullptr;
       store.relu = relu;
@@ -211,14 +212,12 @@ template <typename T>
 void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, const T* gy,
                               const T* w, T* gx) {
   const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
-  // Weights transposed to [groups][K][M]: row k of group j is the broadcast operand.
-  std::vector<T> transposed(p.groups * K * M);
+  // The broadcast operand is the transposed weight, read in place: row k of
+  // group j starts at w[j * M * K + k] and steps K per output channel.
+  std::vector<const T*> weight_columns(p.groups * K);
   for (int64_t j = 0; j < p.groups; ++j)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) transposed[(j * K + k) * M + m] = w[(j * M + m) * K + k];
-  std::vector<const T*> transposed_rows(p.groups * K);
-  for (int64_t r = 0; r < p.groups * K; ++r) transposed_rows[r] = transposed.data() + r * M;
-  const std::vector<int64_t> depth_offsets = iota(M);
+    for (int64_t k = 0; k < K; ++k) weight_columns[j * K + k] = w + j * M * K + k;
+  const std::vector<int64_t> depth_offsets = iota(M, K);
   const int64_t chunk_columns = column_chunk<T>(HW);
   const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
   const int64_t base_tasks = p.batch * p.groups * chunks;
@@ -235,7 +234,7 @@ void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, cons
         grad_rows[m] = gy + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
       for (int64_t k = k0; k < k1; ++k)
         output_rows[k] = gx + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
-      const GemmOperands<T> g{transposed_rows.data() + j * K + k0, depth_offsets.data(), grad_rows.data(), M};
+      const GemmOperands<T> g{weight_columns.data() + j * K + k0, depth_offsets.data(), grad_rows.data(), M};
       const TileStore<T> store{output_rows.data() + k0};
       const int64_t col0 = chunk * chunk_columns;
       gemm(g, k1 - k0, col0, std::min(HW, col0 + chunk_columns), store);
@@ -353,8 +352,8 @@ void grad_weight_rows(const ConvProblem& p, const ChannelTables& t, const T* gy,
 
   const int64_t rows = row_end - row_begin;
   const int64_t padded_channels = round_up(panel_channels, kLanes<T>);
-  const int64_t chunk = std::clamp<int64_t>(kPanelBytes / (padded_channels * sizeof(T)), 1,
-                                            kMaxReductionChunk);
+  const int64_t chunk = std::min(q1 - q0, std::clamp<int64_t>(kPanelBytes / (padded_channels * sizeof(T)), 1,
+                                                              kMaxReductionChunk));
   std::vector<T> panel(chunk * padded_channels, T(0));
   std::vector<const T*> panel_rows(chunk), a_rows(rows);
   std::vector<int64_t> a_offsets(chunk);
@@ -376,16 +375,15 @@ void grad_weight_rows(const ConvProblem& p, const ChannelTables& t, const T* gy,
     g.b_rows_padded = true;
     gemm(g, rows, 0, panel_channels,
          [&](int64_t r0, int64_t nrows, int64_t col0, int64_t cols, const acc_t<T>* tile) {
-           for (int64_t r = 0; r < nrows; ++r) {
-             const int64_t row = row_begin + r0 + r;
-             for (int64_t c = 0; c < cols; ++c) {
-               const acc_t<T> v = tile[r * kTileVectors * kLanes<T> + c];
-               if (rows_are_grad) {
-                 out[row * K + col0 + c] += v;
-               } else {
-                 out[(col0 + c) * K + row] += v;
-               }
-             }
+           constexpr int64_t ld = kTileVectors * kLanes<T>;
+           const int64_t row0 = row_begin + r0;
+           if (rows_are_grad) {
+             for (int64_t r = 0; r < nrows; ++r)
+               for (int64_t c = 0; c < cols; ++c) out[(row0 + r) * K + col0 + c] += tile[r * ld + c];
+           } else {
+             // Rows are k: each column m of the tile is a run of consecutive k.
+             for (int64_t c = 0; c < cols; ++c)
+               for (int64_t r = 0; r < nrows; ++r) out[(col0 + c) * K + row0 + r] += tile[r * ld + c];
            }
          });
   }
@@ -430,12 +428,14 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
       }
     });
     scalar_t* out = gw.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, slice_size, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        A sum = 0;
-        for (int64_t s = 0; s < slices; ++s) sum += partials[s * slice_size + i];
-        store_scalar(out + i, sum);
+    // Slices are added in order into the first one, a contiguous (vectorized) pass each.
+    at::parallel_for(0, slice_size, 4096, [&](int64_t begin, int64_t end) {
+      A* sum = partials.data();
+      for (int64_t s = 1; s < slices; ++s) {
+        const A* slice = partials.data() + s * slice_size;
+        for (int64_t i = begin; i < end; ++i) sum[i] += slice[i];
       }
+      for (int64_t i = begin; i < end; ++i) store_scalar(out + i, sum[i]);
     });
   });
   return gw;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace shufflenet_ops::cpu {
 
@@ -116,11 +117,30 @@ inline void store_vec_partial(T* p, vec_t<T> v, int64_t count) {
 
 inline int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
 
+namespace detail {
+// v with lanes [from, from + width) moved to the front (the rest repeat them).
+template <int kFrom, int kWidth, typename V, size_t... I>
+inline V lanes_from(V v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, (kFrom + static_cast<int>(I) % kWidth)...);
+}
+
+template <int kWidth, typename V>
+inline auto sum_first_lanes(V v) {
+  if constexpr (kWidth == 1) {
+    return v[0];
+  } else {
+    constexpr int kLanesOfV = sizeof(V) / sizeof(v[0]);
+    return sum_first_lanes<kWidth / 2>(
+        v + lanes_from<kWidth / 2, kWidth / 2>(v, std::make_index_sequence<kLanesOfV>()));
+  }
+}
+}  // namespace detail
+
+// Sum of all lanes, as a tree of halving vector adds (log2(lanes) dependent
+// steps instead of lanes - 1).
 template <typename V>
 inline auto horizontal_sum(V v) {
-  auto sum = v[0];
-  for (int i = 1; i < static_cast<int>(sizeof(V) / sizeof(v[0])); ++i) sum += v[i];
-  return sum;
+  return detail::sum_first_lanes<sizeof(V) / sizeof(v[0])>(v);
 }
 
 }  // namespace shufflenet_ops::cpu

@@ -24,7 +24,7 @@ def backends_to_time(device: torch.device) -> list[str]:
     return ["reference"] + names + [FLOOR]
 
 
-def _inputs(shape: LayerShape, device, dtype, channels_last: bool, requires_grad: bool):
+def make_inputs(shape: LayerShape, device, dtype, channels_last: bool, requires_grad: bool):
     x = torch.randn(shape.batch, shape.c_in, shape.size, shape.size, device=device, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -32,7 +32,7 @@ def _inputs(shape: LayerShape, device, dtype, channels_last: bool, requires_grad
     return x.requires_grad_(requires_grad), w.requires_grad_(requires_grad)
 
 
-def _forward(backend: str, shape: LayerShape, x, w):
+def make_forward(backend: str, shape: LayerShape, x, w):
     g = shape.groups
     if backend == FLOOR:
         k, m, hw = shape.c_in // g, shape.c_out // g, shape.size * shape.size
@@ -48,8 +48,8 @@ def measure(shape: LayerShape, backend: str, *, device, dtype, channels_last: bo
             min_run_time: float) -> dict:
     """Median seconds of the forward (training=False) or forward + backward of
     x and weight (training=True), with the achieved GB/s and GFLOP/s."""
-    x, w = _inputs(shape, device, dtype, channels_last, training)
-    forward, leaves = _forward(backend, shape, x, w)
+    x, w = make_inputs(shape, device, dtype, channels_last, training)
+    forward, leaves = make_forward(backend, shape, x, w)
     if training:
         grad = torch.randn_like(forward())
 

@@ -29,6 +29,17 @@ def median_seconds(fn, device: torch.device, min_run_time: float = 0.2, warmup: 
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def interleaved_medians(fns: dict, device: torch.device, min_run_time: float = 0.2, rounds: int = 3) -> dict:
+    """Median seconds of each ``fns[name]()``, timed in ``rounds`` interleaved
+    rounds (the median of the per-round medians), so that a slow spell of a
+    shared machine hits every contender alike."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_seconds(fn, device, min_run_time / rounds))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def geometric_mean(values) -> float:
     values = list(values)
     return statistics.geometric_mean(values) if values else float("nan")
