@@ -2,7 +2,7 @@
 v1 1x layer shapes: the fused op against F.conv2d(groups) + torch.channel_shuffle
 (the reference) and against the bare batched matmul of the same GEMMs (what the
 convolution would cost if the shuffle were free). The forward runs under
-torch.no_grad; the backward is timed alone, from a recorded forward. The
+torch.inference_mode (no autograd bookkeeping for any contender); the backward is timed alone, from a recorded forward. The
 contenders of each shape are timed in interleaved rounds.
 
     python benchmarks/bench_pointwise_group_conv.py [--device cuda] [--quick] [--json out.json]
@@ -54,7 +54,7 @@ def main(argv=None):
 
     results, rows = [], []
     for shape in common.shufflenet_layer_shapes(batches):
-        with torch.no_grad():
+        with torch.inference_mode():
             times = common.interleaved_medians(forward_fns(shape, device, dtype, args.channels_last), device,
                                                min_run_time)
         if not args.no_backward:

@@ -58,7 +58,8 @@ def measure(shape: LayerShape, backend: str, *, device, dtype, channels_last: bo
 
         seconds = median_seconds(step, device, min_run_time)
     else:
-        with torch.no_grad():
+        # Inference, as the model level times it: no autograd bookkeeping for any contender.
+        with torch.inference_mode():
             seconds = median_seconds(forward, device, min_run_time)
     # Minimal traffic: forward reads x and w, writes y; backward also reads
     # grad_out and x again and writes grad_x and grad_w.
