@@ -28,4 +28,7 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   m.def("pointwise_group_conv_grad_bias(Tensor grad_out, int output_shuffle) -> Tensor");
   // Per-channel 3x3 convolution, padding 1, stride 1 or 2; weight [C, 1, 3, 3].
   m.def("depthwise_conv3x3(Tensor x, Tensor weight, Tensor? bias, int stride, bool relu) -> Tensor");
+  // Per-channel 3x3 pooling, padding 1, stride 1 or 2: max (padding never wins)
+  // or, with `average`, the window sum over 9 (padding counts as zero).
+  m.def("pool3x3(Tensor x, int stride, bool average) -> Tensor");
 }

@@ -134,6 +134,12 @@ void check_depthwise_conv3x3(const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
+void check_pool3x3(const at::Tensor& x, int64_t stride) {
+  constexpr const char* op = "pool3x3";
+  check_activation(op, "x", x);
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": expected stride to be 1 or 2, got ", stride);
+}
+
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported) {
   for (at::ScalarType s : supported) {

@@ -44,6 +44,9 @@ void check_grad_bias(const at::Tensor& grad_out, int64_t output_shuffle);
 void check_depthwise_conv3x3(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t stride);
 
+// x [N, C, H, W] floating point, stride 1 or 2.
+void check_pool3x3(const at::Tensor& x, int64_t stride);
+
 // Each backend states the dtypes its kernels implement.
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported);

@@ -6,16 +6,18 @@
 
 from . import reference
 from .backends import available_backends
-from .functional import channel_shuffle, depthwise_conv3x3, pointwise_group_conv
+from .functional import avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv
 from . import triton as _triton_backend  # noqa: F401  (registers backend "triton" where triton is installed)
 from . import flops, models, nn  # noqa: E402  (flops registers the ops' FLOP formulas)
 from .fuse import fuse  # noqa: E402
 
 __all__ = [
     "available_backends",
+    "avg_pool3x3",
     "channel_shuffle",
     "depthwise_conv3x3",
     "fuse",
+    "max_pool3x3",
     "models",
     "nn",
     "pointwise_group_conv",

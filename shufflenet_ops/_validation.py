@@ -137,6 +137,14 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
             raise ValueError(f"{op}: expected bias of shape [C] = [{channels}], got {list(bias.shape)}")
 
 
+def check_pool3x3(x, stride) -> None:
+    op = "pool3x3"
+    _activation(x, "x", op)
+    stride = _integer(stride, "stride")
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
+
+
 def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> None:
     """Each backend states the dtypes its kernels implement (the C++ twin: check_dtype_supported)."""
     if t.dtype not in supported:

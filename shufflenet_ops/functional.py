@@ -7,7 +7,7 @@ import torch
 
 from . import _validation as check
 from . import backends, reference
-from .ops import DEPTHWISE_CONV3X3, NATIVE
+from .ops import DEPTHWISE_CONV3X3, NATIVE, POOL3X3
 
 
 def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> torch.Tensor:
@@ -71,6 +71,29 @@ def depthwise_conv3x3(
     return reference.depthwise_conv3x3(x, weight, bias, stride, relu=bool(relu))
 
 
+def max_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """3x3 max pooling with padding 1 and stride 1 or 2, the same as
+    ``F.max_pool2d(x, 3, stride, 1)``: padding never wins and a NaN in a window
+    makes its output NaN. The output has x's memory format (NCHW or
+    channels_last). Runs the native kernel where one is registered for x's
+    device, the reference elsewhere."""
+    check.check_pool3x3(x, stride)
+    if x.device.type in _POOL_NATIVE_DEVICES:
+        return torch.ops.shufflenet_ops.pool3x3(x, stride, False)
+    return reference.max_pool3x3(x, stride)
+
+
+def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """3x3 average pooling with padding 1 and stride 1 or 2, the same as
+    ``F.avg_pool2d(x, 3, stride, 1)``: the window sum over 9, padding counted as
+    zero. The output has x's memory format (NCHW or channels_last). Runs the
+    native kernel where one is registered for x's device, the reference elsewhere."""
+    check.check_pool3x3(x, stride)
+    if x.device.type in _POOL_NATIVE_DEVICES:
+        return torch.ops.shufflenet_ops.pool3x3(x, stride, True)
+    return reference.avg_pool3x3(x, stride)
+
+
 def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
     return reference.pointwise_group_conv(
         x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu
@@ -84,6 +107,7 @@ def _devices_with_kernel(qualname: str) -> frozenset[str]:
 
 
 _DEPTHWISE_NATIVE_DEVICES = _devices_with_kernel(DEPTHWISE_CONV3X3)
+_POOL_NATIVE_DEVICES = _devices_with_kernel(POOL3X3)
 
 
 backends.register_backend(

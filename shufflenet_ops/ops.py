@@ -212,3 +212,44 @@ def _depthwise_backward(ctx, grad):
 
 
 torch.library.register_autograd(DEPTHWISE_CONV3X3, _depthwise_backward, setup_context=_depthwise_setup_context)
+
+
+# The 3x3 pooling (padding 1, stride 1 or 2) stands apart the same way: a native
+# kernel only, its backward on stock ATen ops.
+POOL3X3 = f"{NAMESPACE}::pool3x3"
+
+
+@torch.library.register_fake(POOL3X3)
+def _(x, stride, average):
+    check.check_pool3x3(x, stride)
+    n, c, h, w = x.shape  # the same 3x3 window with padding 1 as the depthwise conv
+    shape = (n, c, _depthwise_output_size(h, stride), _depthwise_output_size(w, stride))
+    return _empty(shape, x, suggest_memory_format(x))
+
+
+def _pool_setup_context(ctx, inputs, output):
+    x, stride, average = inputs
+    ctx.save_for_backward(x)
+    ctx.stride = stride
+    ctx.average = average
+
+
+def _pool_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    if x.numel() == 0:  # ATen's pooling refuses empty channels or images; their gradient is empty too
+        return torch.zeros_like(x), None, None
+    window, stride, padding = [3, 3], [ctx.stride] * 2, [1, 1]
+    if ctx.average:
+        grad_x = torch.ops.aten.avg_pool2d_backward(grad, x, window, stride, padding, False, True, None)
+    else:
+        # The forward keeps no indices: recomputing them here costs a training step
+        # one more pooling pass, and saves inference from computing them at all.
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, window, stride, padding, [1, 1], False)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, window, stride, padding, [1, 1], False,
+                                                                 indices)
+    return grad_x, None, None
+
+
+torch.library.register_autograd(POOL3X3, _pool_backward, setup_context=_pool_setup_context)

@@ -43,3 +43,13 @@ def depthwise_conv3x3(
     stride, padding=1, groups=C))``, ``act`` = ReLU when ``relu`` is true."""
     y = F.conv2d(x, weight, bias, stride, 1, groups=x.shape[1])
     return F.relu(y) if relu else y
+
+
+def max_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """3x3 max pooling with padding 1 (padding never wins)."""
+    return F.max_pool2d(x, 3, stride, 1)
+
+
+def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """3x3 average pooling with padding 1: the window sum over 9, padding counted as zero."""
+    return F.avg_pool2d(x, 3, stride, 1)
