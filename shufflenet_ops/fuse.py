@@ -16,7 +16,18 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
 * in eval, a 3x3 depthwise convolution (padding 1, stride 1 or 2) becomes
   ``so.depthwise_conv3x3``, with the BatchNorm after it folded and a ReLU
   fused;
-* any other convolution followed by an eval-mode BatchNorm gets it folded in.
+* any other convolution followed by an eval-mode BatchNorm gets it folded in;
+* in eval, a 3x3 max or average pooling with padding 1 and stride 1 or 2
+  (``nn.MaxPool2d`` / ``F.max_pool2d`` without ceil mode or dilation, its
+  indices unused; ``nn.AvgPool2d`` / ``F.avg_pool2d`` counting the padding,
+  without ceil mode or divisor override) becomes ``so.max_pool3x3`` /
+  ``so.avg_pool3x3``;
+* in eval, ``relu(a + b)`` over two tensors of the same shape, the sum used
+  only by the ReLU (a residual connection), becomes one add with the ReLU in
+  place on its result: the same values and autograd without a second output
+  buffer. (ATen's fused ``_add_relu`` is not used: its CPU kernel turns a NaN
+  into 0 outside its vector loop and +inf into the largest finite value, and
+  it has no CUDA, bfloat16 or autograd kernel.)
 
 In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
@@ -34,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from .functional import channel_shuffle, depthwise_conv3x3, pointwise_group_conv
+from .functional import avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv
 
 __all__ = ["FuseError", "FuseReport", "fuse"]
 
@@ -44,6 +55,9 @@ _COPIES = {aten.contiguous.default, aten.clone.default}
 _STOCK_SHUFFLES = {aten.channel_shuffle.default, aten.native_channel_shuffle.default}
 _CONVS = {aten.conv2d.default, aten.convolution.default}
 _RELUS = {aten.relu.default, aten.relu_.default}
+_MAX_POOLS = {aten.max_pool2d.default, aten.max_pool2d_with_indices.default}
+# The dtypes of the native pool3x3 kernel: a rewritten pooling must run wherever the original ran.
+_POOL_DTYPES = {torch.float32, torch.float64, torch.bfloat16}
 
 SHUFFLE_OP = "channel shuffle written as torch.channel_shuffle / nn.ChannelShuffle"
 SHUFFLE_IDIOM = "channel shuffle written as reshape -> transpose -> reshape"
@@ -55,6 +69,9 @@ STANDALONE = "shuffle left standalone (so.channel_shuffle)"
 EPILOGUE_ONLY = "1x1 conv with no shuffle, its BatchNorm/ReLU fused (pointwise_group_conv)"
 DEPTHWISE = "3x3 depthwise conv, with its BatchNorm/ReLU (depthwise_conv3x3)"
 OTHER_CONV = "BatchNorm folded into another conv"
+MAX_POOL = "3x3 max pool (max_pool3x3)"
+AVG_POOL = "3x3 average pool (avg_pool3x3)"
+ADD_RELU = "add + ReLU, the ReLU in place on the sum"
 
 
 class FuseError(RuntimeError):
@@ -101,6 +118,11 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     report = FuseReport(training=model.training)
     _replace_shuffles(gm.graph, report)
     _fuse_convs(gm, report)
+    if not report.training:
+        # Inference rewrites, like the depthwise one: the pool's backward is stock ATen, and
+        # one buffer saved by the in-place ReLU is little next to a training step's backward.
+        _fuse_pools(gm.graph, report)
+        _fuse_add_relus(gm.graph, report)
     report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if _is_so_shuffle(n))
     gm.graph.lint()
     gm.recompile()
@@ -425,3 +447,91 @@ def _delete_unused_attributes(gm: fx.GraphModule, attributes_before) -> None:
         if node.target not in still_used:
             module_path, _, name = node.target.rpartition(".")
             delattr(gm.get_submodule(module_path), name)
+
+
+def _pair(value) -> tuple:
+    """An ``int[2]`` argument as a tuple of two (an int or a one-element list stands for both)."""
+    values = [value] if isinstance(value, int) else list(value)
+    return tuple(values * 2) if len(values) == 1 else tuple(values)
+
+
+def _pool3x3(node: fx.Node):
+    """(x, stride, average, the node whose value the pool gives) if ``node`` is a 3x3 pooling with
+    padding 1 and stride 1 or 2 that pool3x3 computes."""
+    if not _is_call(node, _MAX_POOLS | {aten.avg_pool2d.default}):
+        return None
+    a = _call_arguments(node)
+    x = _val(a["self"])
+    if x is None or x.dim() != 4 or x.dtype not in _POOL_DTYPES:
+        return None
+    kernel = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if _pair(a["stride"]) else kernel  # an empty stride is the kernel size
+    if kernel != (3, 3) or stride not in ((1, 1), (2, 2)) or _pair(a["padding"]) != (1, 1) or a["ceil_mode"]:
+        return None
+    if node.target is aten.avg_pool2d.default:
+        if not a["count_include_pad"] or a["divisor_override"] is not None:
+            return None
+        return a["self"], stride[0], True, node
+    if _pair(a["dilation"]) != (1, 1):
+        return None
+    if node.target is aten.max_pool2d.default:
+        return a["self"], stride[0], False, node
+    # max_pool2d_with_indices: (values, indices), taken apart by getitem
+    if not all(_is_call(u, {operator.getitem}) for u in node.users):
+        return None
+    values = [u for u in node.users if u.args[1] == 0]
+    if len(values) != 1 or any(u.args[1] == 1 and u.users for u in node.users):
+        return None
+    return a["self"], stride[0], False, values[0]
+
+
+def _fuse_pools(graph: fx.Graph, report: FuseReport) -> None:
+    for node in list(graph.nodes):
+        if node.graph is not graph:
+            continue
+        match = _pool3x3(node)
+        if match is None:
+            continue
+        x, stride, average, result = match
+        with graph.inserting_before(node):
+            new = graph.call_function(avg_pool3x3 if average else max_pool3x3, (x, stride))
+        new.meta["val"] = result.meta.get("val")
+        result.replace_all_uses_with(new)
+        _erase_unused(graph, [*node.users, node])
+        report.counts[AVG_POOL if average else MAX_POOL] += 1
+
+
+def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``F.relu(a + b)``, the ReLU in place on the sum's own buffer."""
+    return torch.add(a, b).relu_()
+
+
+def _add_relu(node: fx.Node):
+    """(a, b, the add) if ``node`` is a ReLU of ``a + b`` over two tensors of the same shape and
+    dtype, the sum used by nothing else."""
+    if not _is_call(node, _RELUS):
+        return None
+    add = node.args[0]
+    if not (_is_call(add, {aten.add.Tensor}) and len(add.users) == 1):
+        return None
+    a = _call_arguments(add)
+    x, y = _val(a["self"]), _val(a["other"])
+    if a["alpha"] != 1 or x is None or y is None or not _same_shape(x, y) or x.dtype != y.dtype:
+        return None
+    return a["self"], a["other"], add
+
+
+def _fuse_add_relus(graph: fx.Graph, report: FuseReport) -> None:
+    for node in list(graph.nodes):
+        if node.graph is not graph:
+            continue
+        match = _add_relu(node)
+        if match is None:
+            continue
+        a, b, add = match
+        with graph.inserting_before(node):
+            new = graph.call_function(add_relu, (a, b))
+        new.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(new)
+        _erase_unused(graph, [node, add])
+        report.counts[ADD_RELU] += 1

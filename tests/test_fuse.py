@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shufflenet_ops as so
-from shufflenet_ops.fuse import FuseError
+from shufflenet_ops.fuse import ADD_RELU, AVG_POOL, MAX_POOL, FuseError
 from shufflenet_ops.models import shufflenet_v1_unfused
 from tests.stock_shufflenet import randomize_batch_norms
 
@@ -177,6 +177,12 @@ def test_published_style_shufflenet_v1(mode, shuffle_after_depthwise):
         assert report.counts["shuffle fused into the preceding 1x1 conv"] == 16
     else:  # a train-mode BatchNorm sits between the conv and the shuffle: not exact to fuse
         assert report.counts["shuffle left standalone (so.channel_shuffle)"] == 16
+    # the stem's max pool, the average-pooled shortcut of the 3 stride-2 units, the residual
+    # add + ReLU of the 13 others: rewritten in eval only
+    eval_mode = mode == "eval"
+    assert report.counts[MAX_POOL] == int(eval_mode)
+    assert report.counts[AVG_POOL] == 3 * eval_mode
+    assert report.counts[ADD_RELU] == 13 * eval_mode
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
 
 
@@ -357,3 +363,74 @@ def test_depthwise_and_other_convs(mode):
     assert counts["3x3 depthwise conv, with its BatchNorm/ReLU (depthwise_conv3x3)"] == 2 * (mode == "eval")
     assert counts["BatchNorm folded into another conv"] == int(mode == "eval")
     assert_same_function(model, fused, torch.randn(3, 3, 17, 15), train=mode == "train")
+
+
+class PoolsAndResiduals(nn.Module):
+    """Every 3x3 pooling and add + ReLU form so.fuse rewrites in eval, next to forms it must leave."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_s2 = nn.MaxPool2d(3, 2, 1)
+        self.max_s1 = nn.MaxPool2d((3, 3), (1, 1), (1, 1))
+        self.avg_s2 = nn.AvgPool2d(3, 2, 1)
+        self.max_ceil = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+        self.avg_padding_not_counted = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        a = self.max_s1(x)  # rewritten
+        b = F.avg_pool2d(x, (3, 3), 1, 1)  # rewritten
+        r1 = F.relu(a + b)  # rewritten
+        r2 = self.relu(x + r1)  # rewritten (relu_)
+        r3 = torch.relu(torch.add(r2, a, alpha=2))  # alpha 2: left
+        s = r1 + x
+        r4 = F.relu(s) * s  # the sum has another user: left
+        r5 = F.relu(r3 + x.mean(1, keepdim=True))  # broadcast: left
+        values, indices = F.max_pool2d(r5, 3, 2, 1, return_indices=True)  # indices used: left
+        unused, _ = F.max_pool2d(r4, kernel_size=3, stride=2, padding=1, return_indices=True)  # rewritten
+        return (
+            values, indices, unused,
+            self.max_s2(r4), self.avg_s2(r4),  # rewritten
+            self.max_ceil(r4), self.avg_padding_not_counted(r4),  # left
+            F.max_pool2d(r4, 3), F.max_pool2d(r4, 2, 2), F.max_pool2d(r4, 3, 2, 1, dilation=2),  # left
+            F.avg_pool2d(r4, 3, 2, 1, divisor_override=9), F.avg_pool2d(r4, 3, 2, 0),  # left
+        )
+
+
+def count_calls(gm, targets):
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_pools_and_add_relu(mode):
+    model = getattr(PoolsAndResiduals(), mode)()
+    with pytest.warns(UserWarning, match="found no channel shuffle"):
+        fused = so.fuse(model, torch.randn(2, 5, 9, 11))
+    counts, rewritten = fused.fuse_report.counts, mode == "eval"
+    assert counts[MAX_POOL] == 3 * rewritten
+    assert counts[AVG_POOL] == 2 * rewritten
+    assert counts[ADD_RELU] == 2 * rewritten
+    aten_max_pools = count_calls(fused, {aten.max_pool2d.default, aten.max_pool2d_with_indices.default})
+    assert aten_max_pools == (5 if rewritten else 8)
+    assert count_calls(fused, {aten.avg_pool2d.default}) == (3 if rewritten else 5)
+    assert count_calls(fused, {aten.add.Tensor}) == (3 if rewritten else 5)
+
+    x = torch.randn(3, 5, 9, 11)  # another batch size than the example's
+    x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, actual = model(x_ref), fused(x_fused)
+    for i, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        torch.testing.assert_close(got, want, msg=lambda m: f"output {i}: {m}")
+    # The rewritten ops keep autograd, in eval too.
+    grads = [torch.randn_like(t) for t in expected if t.is_floating_point()]
+    torch.autograd.backward([t for t in expected if t.is_floating_point()], grads)
+    torch.autograd.backward([t for t in actual if t.is_floating_point()], grads)
+    torch.testing.assert_close(x_fused.grad, x_ref.grad)
+
+
+def test_pools_in_a_dtype_the_kernel_lacks_are_left():
+    model = nn.Sequential(nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(3, 1, 1)).eval().half()
+    with pytest.warns(UserWarning, match="found no channel shuffle"):
+        fused = so.fuse(model, torch.randn(2, 3, 8, 8, dtype=torch.float16))
+    assert fused.fuse_report.counts[MAX_POOL] == fused.fuse_report.counts[AVG_POOL] == 0
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float16)
+    torch.testing.assert_close(fused(x), model(x))
