@@ -1,8 +1,12 @@
 // The operator schemas, defined once. Each backend registers its kernels for
-// these names in its own TORCH_LIBRARY_IMPL; shufflenet_ops/ops.py adds the
-// fake (meta) kernels and autograd.
+// these names in its own TORCH_LIBRARY_IMPL; csrc/autograd.cpp adds their
+// autograd and shufflenet_ops/ops.py their fake (meta) kernels.
 #include <Python.h>
 #include <torch/library.h>
+
+#include <string>
+
+#include "op_families.h"
 
 // Importing shufflenet_ops._C loads this library and so runs the
 // registrations below; the module itself exposes nothing.
@@ -11,21 +15,30 @@ extern "C" PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 
-TORCH_LIBRARY(shufflenet_ops, m) {
-  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+namespace shufflenet_ops {
+namespace {
+
+void define_family(torch::Library& m, const std::string& prefix) {
+  const auto def = [&](const std::string& schema) { m.def((prefix + schema).c_str()); };
+  def("channel_shuffle(Tensor x, int groups) -> Tensor");
   // A shuffle group count of 1 means "no shuffle".
-  m.def(
-      "pointwise_group_conv(Tensor x, Tensor weight, Tensor? bias, int groups, "
+  def("pointwise_group_conv(Tensor x, Tensor weight, Tensor? bias, int groups, "
       "int input_shuffle, int output_shuffle, bool relu) -> Tensor");
   // Backward ops. grad_out is the gradient at the op's (shuffled) output with
   // the ReLU mask, if any, already applied.
-  m.def(
-      "pointwise_group_conv_grad_input(Tensor grad_out, Tensor weight, int groups, "
+  def("pointwise_group_conv_grad_input(Tensor grad_out, Tensor weight, int groups, "
       "int input_shuffle, int output_shuffle) -> Tensor");
-  m.def(
-      "pointwise_group_conv_grad_weight(Tensor grad_out, Tensor x, int groups, "
+  def("pointwise_group_conv_grad_weight(Tensor grad_out, Tensor x, int groups, "
       "int input_shuffle, int output_shuffle) -> Tensor");
-  m.def("pointwise_group_conv_grad_bias(Tensor grad_out, int output_shuffle) -> Tensor");
+  def("pointwise_group_conv_grad_bias(Tensor grad_out, int output_shuffle) -> Tensor");
+}
+
+}  // namespace
+}  // namespace shufflenet_ops
+
+TORCH_LIBRARY(shufflenet_ops, m) {
+  shufflenet_ops::define_family(m, shufflenet_ops::NativeFamily::prefix);
+  shufflenet_ops::define_family(m, shufflenet_ops::TritonFamily::prefix);
   // Per-channel 3x3 convolution, padding 1, stride 1 or 2; weight [C, 1, 3, 3].
   m.def("depthwise_conv3x3(Tensor x, Tensor weight, Tensor? bias, int stride, bool relu) -> Tensor");
   // Per-channel 3x3 pooling, padding 1, stride 1 or 2: max (padding never wins)

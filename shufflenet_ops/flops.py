@@ -14,9 +14,7 @@ from math import prod
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .ops import NAMESPACE, NATIVE, OpFamily
-
-_registered: set[str] = set()
+from .ops import NATIVE, TRITON, OpFamily
 
 
 def _conv_flops(activation_shape, weight_shape) -> int:
@@ -25,13 +23,7 @@ def _conv_flops(activation_shape, weight_shape) -> int:
     return 2 * n * h * w * prod(weight_shape)
 
 
-def register_flop_formulas(family: OpFamily) -> None:
-    """Registers the formulas for one op family (idempotent). The families
-    defined before this module is imported are registered on import; a family
-    defined later (``ops.define_family``) needs this call."""
-    if family.prefix in _registered:
-        return
-
+def _register_flop_formulas(family: OpFamily) -> None:
     @register_flop_formula(family.pointwise_group_conv.overloadpacket)
     def _(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
         return _conv_flops(x_shape, weight_shape)
@@ -44,8 +36,6 @@ def register_flop_formulas(family: OpFamily) -> None:
     def _(grad_out_shape, x_shape, groups, *args, out_shape=None, **kwargs) -> int:
         return 2 * prod(grad_out_shape) * (x_shape[1] // groups)
 
-    _registered.add(family.prefix)
-
 
 @register_flop_formula(torch.ops.shufflenet_ops.depthwise_conv3x3)
 def _(x_shape, weight_shape, bias_shape, stride, *args, out_shape=None, **kwargs) -> int:
@@ -54,14 +44,5 @@ def _(x_shape, weight_shape, bias_shape, stride, *args, out_shape=None, **kwargs
     return 2 * prod(out_shape) * prod(weight_shape[1:])
 
 
-def _defined_families() -> list[OpFamily]:
-    """The native family and the prefixed copies defined so far (e.g. the Triton backend's)."""
-    suffix = "pointwise_group_conv"
-    names = torch._C._dispatch_get_all_op_names()
-    prefixes = {name[len(NAMESPACE) + 2 : -len(suffix)] for name in names
-                if name.startswith(f"{NAMESPACE}::") and name.endswith(suffix)}
-    return [NATIVE] + [OpFamily(prefix) for prefix in sorted(prefixes) if prefix]
-
-
-for _family in _defined_families():
-    register_flop_formulas(_family)
+for _family in (NATIVE, TRITON):
+    _register_flop_formulas(_family)

@@ -1,10 +1,10 @@
-"""The registered ops: fake (meta) kernels and autograd for an op family.
+"""The registered ops as Python sees them, and their fake (meta) kernels.
 
-The schemas are defined once, in C++ (csrc/shufflenet_ops.cpp), and the native
-backend registers its CPU and CUDA kernels for them. A backend that cannot share
-those dispatch keys (Triton runs on the same CUDA tensors) calls
-``define_family(prefix)`` to get its own copy of the family, same schemas under
-prefixed names, with the same fake kernels and autograd formulas.
+The schemas are defined once, in C++ (csrc/shufflenet_ops.cpp), for two op
+families: the native one, whose CPU and CUDA kernels are compiled, and the same
+schemas prefixed ``triton_`` for the Triton kernels, which run on the same CUDA
+tensors and so cannot share the native dispatch keys. The autograd of both
+families is compiled too (csrc/autograd.cpp).
 """
 
 from __future__ import annotations
@@ -18,13 +18,6 @@ from . import _C  # noqa: F401  (loads the schemas and the compiled kernels)
 from . import _validation as check
 
 NAMESPACE = "shufflenet_ops"
-OP_NAMES = (
-    "channel_shuffle",
-    "pointwise_group_conv",
-    "pointwise_group_conv_grad_input",
-    "pointwise_group_conv_grad_weight",
-    "pointwise_group_conv_grad_bias",
-)
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ def _empty(shape, like: torch.Tensor, memory_format=torch.contiguous_format) -> 
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
 
-def _register_fake_kernels(family: OpFamily) -> None:
+def _register_fake_kernels(family: OpFamily) -> OpFamily:
     @torch.library.register_fake(family.qualname("channel_shuffle"))
     def _(x, groups):
         check.check_channel_shuffle(x, groups)
@@ -93,74 +86,11 @@ def _register_fake_kernels(family: OpFamily) -> None:
         check.check_grad_bias(grad_out, output_shuffle)
         return _empty((grad_out.shape[1],), grad_out)
 
-
-def _register_autograd(family: OpFamily) -> None:
-    def shuffle_setup_context(ctx, inputs, output):
-        ctx.groups = inputs[1]
-
-    def shuffle_backward(ctx, grad):
-        # The inverse of a shuffle with g groups is the shuffle with C / g groups.
-        return family.channel_shuffle(grad, grad.shape[1] // ctx.groups), None
-
-    # The native channel_shuffle has its autograd compiled in
-    # (csrc/channel_shuffle_autograd.cpp): the same formula without the cost of
-    # a Python kernel on every call.
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(family.qualname("channel_shuffle"), "Autograd"):
-        torch.library.register_autograd(
-            family.qualname("channel_shuffle"), shuffle_backward, setup_context=shuffle_setup_context
-        )
-
-    def conv_setup_context(ctx, inputs, output):
-        x, weight, bias, groups, input_shuffle, output_shuffle, relu = inputs
-        ctx.save_for_backward(x, weight, output if relu else None)
-        ctx.conv = (groups, input_shuffle, output_shuffle, relu)
-        ctx.has_bias = bias is not None
-
-    def conv_backward(ctx, grad):
-        x, weight, output = ctx.saved_tensors
-        groups, input_shuffle, output_shuffle, relu = ctx.conv
-        if relu:
-            grad = torch.ops.aten.threshold_backward(grad, output, 0)
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = family.grad_input(grad, weight, groups, input_shuffle, output_shuffle)
-        if ctx.needs_input_grad[1]:
-            grad_weight = family.grad_weight(grad, x, groups, input_shuffle, output_shuffle)
-            grad_weight = grad_weight.reshape(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = family.grad_bias(grad, output_shuffle)
-        return grad_x, grad_weight, grad_bias, None, None, None, None
-
-    torch.library.register_autograd(
-        family.qualname("pointwise_group_conv"), conv_backward, setup_context=conv_setup_context
-    )
-
-
-def _register(family: OpFamily) -> OpFamily:
-    _register_fake_kernels(family)
-    _register_autograd(family)
     return family
 
 
-# Libraries that hold the definitions of prefixed families alive.
-_fragments: list[torch.library.Library] = []
-
-
-def define_family(prefix: str) -> OpFamily:
-    """Defines the op family again under ``prefix`` (same schemas, e.g.
-    ``triton_pointwise_group_conv``), with fake kernels and autograd; the caller
-    registers its kernels with ``torch.library.impl(family.qualname(name), ...)``."""
-    if not prefix:
-        raise ValueError("define_family: expected a non-empty prefix; the native family exists already")
-    library = torch.library.Library(NAMESPACE, "FRAGMENT")
-    for name in OP_NAMES:
-        schema = str(NATIVE.op(name)._schema)
-        library.define(schema.replace(f"{NAMESPACE}::{name}(", f"{prefix}{name}(", 1))
-    _fragments.append(library)
-    return _register(OpFamily(prefix))
-
-
-NATIVE = _register(OpFamily(""))
+NATIVE = _register_fake_kernels(OpFamily(""))
+TRITON = _register_fake_kernels(OpFamily("triton_"))
 
 
 # The depthwise 3x3 convolution stands apart from the families: it has a native

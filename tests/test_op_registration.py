@@ -42,6 +42,8 @@ def test_opcheck_backward_ops(shuffles, channels_last):
     if channels_last:
         grad, x = grad.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     w = torch.randn(6, 4, 1, 1)
+    # Inputs that require grad: opcheck then checks the ops' own autograd too.
+    grad, x, w = (t.requires_grad_() for t in (grad, x, w))
     torch.library.opcheck(OPS.pointwise_group_conv_grad_input, (grad, w, 3, *shuffles))
     torch.library.opcheck(OPS.pointwise_group_conv_grad_weight, (grad, x, 3, *shuffles))
     torch.library.opcheck(OPS.pointwise_group_conv_grad_bias, (grad, shuffles[1]))
@@ -58,6 +60,59 @@ def test_gradcheck(relu, shuffles, channels_last):
         return so.pointwise_group_conv(x, w, b, 3, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu)
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shuffles", [(None, None), (3, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradgradcheck(relu, shuffles, channels_last):
+    """Second derivatives of x, weight and bias: the backward is differentiable."""
+    x, w, b = conv_inputs(2, 12, 6, 2, 3, 3, torch.float64, channels_last=channels_last, seed=4)
+    input_shuffle, output_shuffle = shuffles
+
+    def fn(x, w, b):
+        return so.pointwise_group_conv(x, w, b, 3, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu)
+
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("shuffles", [(1, 1), (3, 2), (2, 6)])
+def test_gradcheck_backward_ops(shuffles):
+    """Each backward op differentiated on its own, in every tensor argument."""
+    grad = torch.randn(2, 6, 3, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 12, 3, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, w: OPS.pointwise_group_conv_grad_input(g, w, 3, *shuffles), (grad, w))
+    assert torch.autograd.gradcheck(lambda g, x: OPS.pointwise_group_conv_grad_weight(g, x, 3, *shuffles), (grad, x))
+    assert torch.autograd.gradcheck(lambda g: OPS.pointwise_group_conv_grad_bias(g, shuffles[1]), (grad,))
+
+
+class CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wanted", ["x", "weight", "bias"])
+def test_backward_computes_only_the_gradients_asked_for(wanted):
+    x, w, b = conv_inputs(2, 12, 6, 3, 3, 3, torch.float32)
+    leaves = {"x": x, "weight": w, "bias": b}
+    y = so.pointwise_group_conv(x, w, b, 3, output_shuffle=3, relu=True)
+    grad = torch.randn_like(y)
+    with CountOps() as counted:
+        (got,) = torch.autograd.grad(y, leaves[wanted], grad)
+    op_of = {"x": "grad_input", "weight": "grad_weight", "bias": "grad_bias"}
+    ran = {name for name, op in op_of.items() if f"shufflenet_ops::pointwise_group_conv_{op}" in counted.names}
+    assert ran == {wanted}
+
+    x64, w64, b64 = float64_leaves(x, w, b)
+    y64 = so.reference.pointwise_group_conv(x64, w64, b64, 3, output_shuffle=3, relu=True)
+    (expected,) = torch.autograd.grad(y64, {"x": x64, "weight": w64, "bias": b64}[wanted], grad.double())
+    assert_close_to(got, expected, torch.float32, f"grad {wanted}")
 
 
 class ShuffleUnit(torch.nn.Module):

@@ -93,6 +93,23 @@ SHUFFLES = {
 }
 
 
+def test_double_backward_matches_reference():
+    """Gradients of a loss built from the first gradients: the triton_* backward
+    ops are differentiable, as the native ones are."""
+    kwargs = dict(input_shuffle=3, output_shuffle=2, relu=True)
+
+    def second_derivatives(conv, x, w, b):
+        y = conv(x, w, b, 3, **kwargs)
+        first = torch.autograd.grad(y.square().sum(), (x, w, b), create_graph=True)
+        return torch.autograd.grad(sum(g.square().sum() for g in first), (x, w, b))
+
+    x, w, b = conv_inputs(2, 12, 6, 3, 2, 3, torch.float32, device=DEVICE)
+    got = second_derivatives(lambda *a, **k: so.pointwise_group_conv(*a, **k, backend="triton"), x, w, b)
+    expected = second_derivatives(so.reference.pointwise_group_conv, *float64_leaves(x, w, b))
+    for name, g, e in zip(("x", "weight", "bias"), got, expected):
+        assert_close_to(g, e, torch.float32, f"second derivative of {name}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape, groups, memory_format", SHUFFLES.values(), ids=SHUFFLES.keys())
 def test_channel_shuffle_matches_torch(shape, groups, memory_format, dtype):

@@ -5,6 +5,7 @@
 // precomputed index table. Any dtype is a copy of its bits.
 #include "../kernels/shuffle_index.h"
 #include "../validation.h"
+#include "parallel.h"
 #include "simd.h"
 
 #include <ATen/Parallel.h>
@@ -19,13 +20,10 @@
 namespace shufflenet_ops::cpu {
 namespace {
 
-// Bytes each thread should copy at least: below that, waking threads costs
-// more than it saves.
-constexpr int64_t kBytesPerTask = 64 * 1024;
+// Bytes each thread copies at least.
+constexpr int64_t kMinBytesPerThread = 64 * 1024;
 
-int64_t grain(int64_t bytes_per_item) {
-  return std::max<int64_t>(1, kBytesPerTask / std::max<int64_t>(1, bytes_per_item));
-}
+int64_t grain(int64_t bytes_per_item) { return grain_for(bytes_per_item, kMinBytesPerThread); }
 
 template <typename Bits>
 void gather_channels(const Bits* x, Bits* y, int64_t pixels, int64_t channels, int64_t groups) {

@@ -12,6 +12,7 @@
 #include "../kernels/shuffle_index.h"
 #include "../validation.h"
 #include "gemm_tile.h"
+#include "parallel.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -68,6 +69,9 @@ int64_t column_chunk(int64_t columns) {
   return round_up((columns + chunks - 1) / chunks, kLanes<T>);
 }
 constexpr int64_t kPixelChunk = 64;
+// Multiply-adds (or, for grad_bias, elements) each thread does at least.
+constexpr int64_t kMinMacsPerThread = 128 * 1024;
+constexpr int64_t kMinElementsPerThread = 16 * 1024;
 
 // Pixel rows per task on the pixel-major path: up to kPixelChunk, fewer when
 // that would leave threads idle (a 7x7 image has 49 pixels).
@@ -116,7 +120,8 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
   const std::vector<int64_t> depth_offsets = iota(K);
   const int64_t base_tasks = p.batch * p.groups * chunks;
   const RowSplit split = split_rows(M, base_tasks);
-  at::parallel_for(0, base_tasks * split.count, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(split.size * K * chunk_columns, kMinMacsPerThread);
+  at::parallel_for(0, base_tasks * split.count, grain, [&](int64_t begin, int64_t end) {
     std::vector<const T*> input_rows(K);
     std::vector<T*> output_rows(M);
     for (int64_t task = begin; task < end; ++task) {
@@ -155,7 +160,8 @@ void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* 
   const bool contiguous_out = p.output_shuffle == 1;
   const int64_t chunk_rows = pixel_chunk(total_pixels);
   const int64_t chunks = (total_pixels + chunk_rows - 1) / chunk_rows;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(chunk_rows * p.in_channels * M, kMinMacsPerThread);
+  at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<const T*> pixel_rows(chunk_rows);
     std::vector<T*> output_rows(chunk_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -222,7 +228,8 @@ void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, cons
   const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
   const int64_t base_tasks = p.batch * p.groups * chunks;
   const RowSplit split = split_rows(K, base_tasks);
-  at::parallel_for(0, base_tasks * split.count, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(split.size * M * chunk_columns, kMinMacsPerThread);
+  at::parallel_for(0, base_tasks * split.count, grain, [&](int64_t begin, int64_t end) {
     std::vector<const T*> grad_rows(M);
     std::vector<T*> output_rows(K);
     for (int64_t task = begin; task < end; ++task) {
@@ -257,7 +264,8 @@ void grad_input_pixel_major(const ConvProblem& p, const ChannelTables& t, const 
   const bool contiguous_out = p.input_shuffle == 1;
   const int64_t chunk_rows = pixel_chunk(total_pixels);
   const int64_t chunks = (total_pixels + chunk_rows - 1) / chunk_rows;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(chunk_rows * p.out_channels * K, kMinMacsPerThread);
+  at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<const T*> grad_rows(chunk_rows);
     std::vector<T*> output_rows(chunk_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -416,7 +424,8 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
     std::vector<A> partials(slices * slice_size, A(0));
     const scalar_t* gy_data = gy.const_data_ptr<scalar_t>();
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    at::parallel_for(0, p.groups * slices * split.count, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_for(per_slice * split.size * std::min(K, M), kMinMacsPerThread);
+    at::parallel_for(0, p.groups * slices * split.count, grain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t part = task % split.count, j = task / split.count % p.groups;
         const int64_t s = task / split.count / p.groups;
@@ -429,7 +438,7 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
     });
     scalar_t* out = gw.mutable_data_ptr<scalar_t>();
     // Slices are added in order into the first one, a contiguous (vectorized) pass each.
-    at::parallel_for(0, slice_size, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, slice_size, grain_for(slices, kMinElementsPerThread), [&](int64_t begin, int64_t end) {
       A* sum = partials.data();
       for (int64_t s = 1; s < slices; ++s) {
         const A* slice = partials.data() + s * slice_size;
@@ -460,7 +469,8 @@ at::Tensor grad_bias_cpu(const at::Tensor& grad_out_in, int64_t output_shuffle) 
     const scalar_t* data = gy.const_data_ptr<scalar_t>();
     std::vector<A> sums(C);  // indexed by the physical channel of grad_out
     if (pixel_major) {
-      at::parallel_for(0, (C + L - 1) / L, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, (C + L - 1) / L, grain_for(N * HW * L, kMinElementsPerThread),
+                       [&](int64_t begin, int64_t end) {
         for (int64_t block = begin; block < end; ++block) {
           const int64_t c0 = block * L, width = std::min<int64_t>(L, C - c0);
           V acc{};
@@ -469,7 +479,7 @@ at::Tensor grad_bias_cpu(const at::Tensor& grad_out_in, int64_t output_shuffle) 
         }
       });
     } else {
-      at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, C, grain_for(N * HW, kMinElementsPerThread), [&](int64_t begin, int64_t end) {
         for (int64_t c = begin; c < end; ++c) {
           V acc{};
           for (int64_t n = 0; n < N; ++n) {

@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ..ops import define_family
+from ..ops import TRITON as FAMILY
 from . import channel_shuffle, pointwise_group_conv
 from ._launch import fix_interpreter_loop_bounds, interpreter_enabled
 
 if interpreter_enabled():
     fix_interpreter_loop_bounds()
-
-FAMILY = define_family("triton_")
 
 _KERNELS = {
     "channel_shuffle": channel_shuffle.channel_shuffle,

@@ -1,0 +1,314 @@
+// Autograd of the op families (op_families.h), compiled and registered for
+// every device: a Python autograd kernel costs tens of microseconds per call,
+// as much as a 1x1 convolution of a late ShuffleNet stage.
+//
+// Every backward calls the family's ops from the top of the dispatcher, and the
+// backward ops have autograd of their own, so gradients are differentiable
+// again (double backward). The conv and its two gradients are bilinear, so the
+// derivatives of each are the other two ops:
+//   y  = conv(x, W)           dL/dx = grad_input(g, W),   dL/dW = grad_weight(g, x)
+//   gx = grad_input(g, W)     dL/dg = conv(u, W),          dL/dW = grad_weight(g, u)
+//   gW = grad_weight(g, x)    dL/dg = conv(x, U),          dL/dx = grad_input(g, U)
+// with u, U the incoming gradients; the shuffles ride along unchanged.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+
+#include "op_families.h"
+
+namespace shufflenet_ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* prefix, const char* name) {
+  const std::string qualified = std::string("shufflenet_ops::") + prefix + name;
+  return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Signature>();
+}
+
+// The ops of one family, looked up once.
+template <typename Family>
+struct FamilyOps {
+  using Shuffle = at::Tensor(const at::Tensor&, int64_t);
+  using Conv = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                          int64_t, int64_t, int64_t, bool);
+  using ConvGrad = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t);
+  using BiasGrad = at::Tensor(const at::Tensor&, int64_t);
+
+  c10::TypedOperatorHandle<Shuffle> channel_shuffle = find_op<Shuffle>(Family::prefix, "channel_shuffle");
+  c10::TypedOperatorHandle<Conv> conv = find_op<Conv>(Family::prefix, "pointwise_group_conv");
+  c10::TypedOperatorHandle<ConvGrad> grad_input =
+      find_op<ConvGrad>(Family::prefix, "pointwise_group_conv_grad_input");
+  c10::TypedOperatorHandle<ConvGrad> grad_weight =
+      find_op<ConvGrad>(Family::prefix, "pointwise_group_conv_grad_weight");
+  c10::TypedOperatorHandle<BiasGrad> grad_bias =
+      find_op<BiasGrad>(Family::prefix, "pointwise_group_conv_grad_bias");
+
+  static const FamilyOps& get() {
+    static const FamilyOps ops;
+    return ops;
+  }
+};
+
+// groups, input_shuffle and output_shuffle of a conv, kept for its backward.
+struct ConvLayout {
+  int64_t groups;
+  int64_t input_shuffle;
+  int64_t output_shuffle;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["input_shuffle"] = input_shuffle;
+    ctx->saved_data["output_shuffle"] = output_shuffle;
+  }
+
+  static ConvLayout load(AutogradContext* ctx) {
+    return {ctx->saved_data["groups"].toInt(), ctx->saved_data["input_shuffle"].toInt(),
+            ctx->saved_data["output_shuffle"].toInt()};
+  }
+};
+
+template <typename Family>
+at::Tensor conv(const at::Tensor& x, const at::Tensor& weight, const ConvLayout& l) {
+  return FamilyOps<Family>::get().conv.call(x, weight, std::nullopt, l.groups, l.input_shuffle,
+                                            l.output_shuffle, false);
+}
+
+template <typename Family>
+at::Tensor grad_input(const at::Tensor& grad_out, const at::Tensor& weight, const ConvLayout& l) {
+  return FamilyOps<Family>::get().grad_input.call(grad_out, weight, l.groups, l.input_shuffle,
+                                                  l.output_shuffle);
+}
+
+// In the weight's own shape: the op returns [C_out, C_in / groups, 1, 1] and
+// the weight may be its 2-D form.
+template <typename Family>
+at::Tensor grad_weight(const at::Tensor& grad_out, const at::Tensor& x, const ConvLayout& l,
+                       const at::Tensor& weight) {
+  return FamilyOps<Family>::get()
+      .grad_weight.call(grad_out, x, l.groups, l.input_shuffle, l.output_shuffle)
+      .view(weight.sizes());
+}
+
+template <typename Family>
+class ChannelShuffle : public torch::autograd::Function<ChannelShuffle<Family>> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t groups) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["groups"] = groups;
+    return FamilyOps<Family>::get().channel_shuffle.call(x, groups);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& grad = grads[0];
+    // The inverse of a shuffle with g groups is the shuffle with C / g groups.
+    const int64_t groups = grad.size(1) / ctx->saved_data["groups"].toInt();
+    return {FamilyOps<Family>::get().channel_shuffle.call(grad, groups), at::Tensor()};
+  }
+};
+
+template <typename Family>
+class PointwiseGroupConv : public torch::autograd::Function<PointwiseGroupConv<Family>> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t groups,
+                            int64_t input_shuffle, int64_t output_shuffle, bool relu) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = FamilyOps<Family>::get().conv.call(x, weight, bias, groups, input_shuffle,
+                                                      output_shuffle, relu);
+    // With the ReLU, the output is its mask for the backward.
+    ctx->save_for_backward({x, weight, relu ? y : at::Tensor()});
+    ConvLayout{groups, input_shuffle, output_shuffle}.save(ctx);
+    // needs_input_grad counts tensor inputs only: bias is input 2 when given.
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &relu_output = saved[2];
+    const ConvLayout l = ConvLayout::load(ctx);
+    at::Tensor grad = grads[0];
+    if (relu_output.defined()) {
+      grad = at::threshold_backward(grad, relu_output, 0);
+    }
+    at::Tensor grad_x, grad_w, grad_b;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = grad_input<Family>(grad, weight, l);
+    }
+    if (ctx->needs_input_grad(1)) {
+      grad_w = grad_weight<Family>(grad, x, l, weight);
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_b = FamilyOps<Family>::get().grad_bias.call(grad, l.output_shuffle);
+    }
+    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+template <typename Family>
+class GradInput : public torch::autograd::Function<GradInput<Family>> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out,
+                            const at::Tensor& weight, int64_t groups, int64_t input_shuffle,
+                            int64_t output_shuffle) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const ConvLayout l{groups, input_shuffle, output_shuffle};
+    ctx->save_for_backward({grad_out, weight});
+    l.save(ctx);
+    return grad_input<Family>(grad_out, weight, l);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &grad_out = saved[0], &weight = saved[1], &u = grads[0];
+    const ConvLayout l = ConvLayout::load(ctx);
+    at::Tensor d_grad_out, d_weight;
+    if (ctx->needs_input_grad(0)) {
+      d_grad_out = conv<Family>(u, weight, l);
+    }
+    if (ctx->needs_input_grad(1)) {
+      d_weight = grad_weight<Family>(grad_out, u, l, weight);
+    }
+    return {d_grad_out, d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+template <typename Family>
+class GradWeight : public torch::autograd::Function<GradWeight<Family>> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& x,
+                            int64_t groups, int64_t input_shuffle, int64_t output_shuffle) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const ConvLayout l{groups, input_shuffle, output_shuffle};
+    ctx->save_for_backward({grad_out, x});
+    l.save(ctx);
+    return FamilyOps<Family>::get().grad_weight.call(grad_out, x, groups, input_shuffle,
+                                                     output_shuffle);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &grad_out = saved[0], &x = saved[1], &u = grads[0];
+    const ConvLayout l = ConvLayout::load(ctx);
+    at::Tensor d_grad_out, d_x;
+    if (ctx->needs_input_grad(0)) {
+      d_grad_out = conv<Family>(x, u, l);
+    }
+    if (ctx->needs_input_grad(1)) {
+      d_x = grad_input<Family>(grad_out, u, l);
+    }
+    return {d_grad_out, d_x, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// grad_bias[c] sums grad_out over the channel that conv channel c lands on
+// after the output shuffle; its derivative spreads u[c] back over that channel.
+template <typename Family>
+class GradBias : public torch::autograd::Function<GradBias<Family>> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out,
+                            int64_t output_shuffle) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["grad_out_sizes"] = grad_out.sizes();
+    ctx->saved_data["output_shuffle"] = output_shuffle;
+    return FamilyOps<Family>::get().grad_bias.call(grad_out, output_shuffle);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& u = grads[0];
+    const int64_t shuffle = ctx->saved_data["output_shuffle"].toInt();
+    const int64_t channels = u.size(0);
+    // The channel shuffle of a vector: view (shuffle, C / shuffle), transpose, flatten.
+    const at::Tensor shuffled = u.view({shuffle, channels / shuffle}).t().reshape({channels});
+    const auto sizes = ctx->saved_data["grad_out_sizes"].toIntVector();
+    return {shuffled.view({1, channels, 1, 1}).expand(sizes), at::Tensor()};
+  }
+};
+
+bool requires_grad(const at::Tensor& t) { return t.requires_grad(); }
+bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && t->requires_grad(); }
+
+// Without a graph to record, the op is called directly, which spares the
+// autograd node and its saved state.
+template <typename... Tensors>
+bool records_graph(const Tensors&... tensors) {
+  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
+template <typename Family>
+at::Tensor channel_shuffle_autograd(const at::Tensor& x, int64_t groups) {
+  if (!records_graph(x)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return FamilyOps<Family>::get().channel_shuffle.call(x, groups);
+  }
+  return ChannelShuffle<Family>::apply(x, groups);
+}
+
+template <typename Family>
+at::Tensor conv_autograd(const at::Tensor& x, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, int64_t groups,
+                         int64_t input_shuffle, int64_t output_shuffle, bool relu) {
+  if (!records_graph(x, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return FamilyOps<Family>::get().conv.call(x, weight, bias, groups, input_shuffle,
+                                              output_shuffle, relu);
+  }
+  return PointwiseGroupConv<Family>::apply(x, weight, bias, groups, input_shuffle, output_shuffle,
+                                           relu);
+}
+
+template <typename Family>
+at::Tensor grad_input_autograd(const at::Tensor& grad_out, const at::Tensor& weight,
+                               int64_t groups, int64_t input_shuffle, int64_t output_shuffle) {
+  if (!records_graph(grad_out, weight)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return grad_input<Family>(grad_out, weight, {groups, input_shuffle, output_shuffle});
+  }
+  return GradInput<Family>::apply(grad_out, weight, groups, input_shuffle, output_shuffle);
+}
+
+template <typename Family>
+at::Tensor grad_weight_autograd(const at::Tensor& grad_out, const at::Tensor& x, int64_t groups,
+                                int64_t input_shuffle, int64_t output_shuffle) {
+  if (!records_graph(grad_out, x)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return FamilyOps<Family>::get().grad_weight.call(grad_out, x, groups, input_shuffle,
+                                                     output_shuffle);
+  }
+  return GradWeight<Family>::apply(grad_out, x, groups, input_shuffle, output_shuffle);
+}
+
+template <typename Family>
+at::Tensor grad_bias_autograd(const at::Tensor& grad_out, int64_t output_shuffle) {
+  if (!records_graph(grad_out)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return FamilyOps<Family>::get().grad_bias.call(grad_out, output_shuffle);
+  }
+  return GradBias<Family>::apply(grad_out, output_shuffle);
+}
+
+template <typename Family>
+void register_family(torch::Library& m) {
+  const auto name = [](const char* op) { return std::string(Family::prefix) + op; };
+  m.impl(name("channel_shuffle").c_str(), &channel_shuffle_autograd<Family>);
+  m.impl(name("pointwise_group_conv").c_str(), &conv_autograd<Family>);
+  m.impl(name("pointwise_group_conv_grad_input").c_str(), &grad_input_autograd<Family>);
+  m.impl(name("pointwise_group_conv_grad_weight").c_str(), &grad_weight_autograd<Family>);
+  m.impl(name("pointwise_group_conv_grad_bias").c_str(), &grad_bias_autograd<Family>);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflenet_ops, Autograd, m) {
+  register_family<NativeFamily>(m);
+  register_family<TritonFamily>(m);
+}
+
+}  // namespace shufflenet_ops
