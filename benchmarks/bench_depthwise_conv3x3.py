@@ -39,12 +39,11 @@ def time_pair(x, weight, bias, stride, device, min_run_time, mode):
 def main(argv=None):
     args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    batches = (1,) if args.quick else (1, 8)
-    min_run_time = args.min_run_time / 2 if args.quick else args.min_run_time
+    batches, min_run_time = common.batches_and_run_time(args)
     results, rows = [], []
     for batch in batches:
         for channels, size, stride in DEPTHWISE_SHAPES:
-            for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+            for fmt_name, fmt in common.LAYOUTS:
                 x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).to(memory_format=fmt)
                 weight = torch.randn(channels, 1, 3, 3, device=device, dtype=dtype)
                 bias = torch.randn(channels, device=device, dtype=dtype)
@@ -56,22 +55,15 @@ def main(argv=None):
                     times = time_pair(x, weight, bias, stride, device, min_run_time, mode)
                     speedup = times["torch"] / times["ours"]
                     entry[mode] = {"times_s": times, "speedup_vs_torch": speedup}
-                    row += [f"{times['torch'] * 1e6:.1f}", f"{times['ours'] * 1e6:.1f}", f"{speedup:.2f}x"]
+                    row += common.speedup_cells(times)
                 results.append(entry)
                 rows.append(row)
-    print(f"depthwise_conv3x3 (+bias, ReLU), {args.dtype}, {common.environment(device)}")
     header = ["shape", "layout"]
     for mode in MODES:
         header += [f"torch us ({mode})", f"ours us ({mode})", f"speedup ({mode})"]
-    common.print_table(header, rows)
-    summary = {}
-    for mode in MODES:
-        speedups = [r[mode]["speedup_vs_torch"] for r in results]
-        summary[f"{mode}_speedup_vs_torch"] = common.geometric_mean(speedups)
-        summary[f"{mode}_worst_speedup_vs_torch"] = min(speedups)
-    print("geometric mean / worst:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
-    common.write_json(args.json, {"environment": common.environment(device), "dtype": args.dtype,
-                                  "results": results, "summary": summary})
+    speedups = {mode: [r[mode]["speedup_vs_torch"] for r in results] for mode in MODES}
+    common.report_speedups(args, device, f"depthwise_conv3x3 (+bias, ReLU), {args.dtype}", header, rows, results,
+                           speedups)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ CONTENDERS = {"max": (F.max_pool2d, so.max_pool3x3), "avg": (F.avg_pool2d, so.av
 def main(argv=None):
     args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    batches = (1,) if args.quick else (1, 8)
-    min_run_time = args.min_run_time / 2 if args.quick else args.min_run_time
+    batches, min_run_time = common.batches_and_run_time(args)
     results, rows = [], []
     for batch in batches:
         for kind, channels, size, stride in POOL_SHAPES:
             stock, ours = CONTENDERS[kind]
-            for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+            for fmt_name, fmt in common.LAYOUTS:
                 x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).to(memory_format=fmt)
                 with torch.inference_mode():
                     times = common.interleaved_medians({
@@ -44,17 +43,11 @@ def main(argv=None):
                 results.append({"kind": kind, "shape": [batch, channels, size, size], "stride": stride,
                                 "format": fmt_name, "times_s": times, "speedup_vs_torch": speedup})
                 rows.append([f"{kind} N{batch} C{channels} {size}x{size} s{stride}", fmt_name,
-                             f"{times['torch'] * 1e6:.1f}", f"{times['ours'] * 1e6:.1f}", f"{speedup:.2f}x"])
-    print(f"pool3x3 (kernel 3, padding 1), {args.dtype}, inference mode, {common.environment(device)}")
-    common.print_table(["shape", "layout", "torch us", "ours us", "speedup"], rows)
-    summary = {}
-    for fmt_name in ("NCHW", "NHWC"):
-        speedups = [r["speedup_vs_torch"] for r in results if r["format"] == fmt_name]
-        summary[f"{fmt_name}_speedup_vs_torch"] = common.geometric_mean(speedups)
-        summary[f"{fmt_name}_worst_speedup_vs_torch"] = min(speedups)
-    print("geometric mean / worst:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
-    common.write_json(args.json, {"environment": common.environment(device), "dtype": args.dtype,
-                                  "results": results, "summary": summary})
+                             *common.speedup_cells(times)])
+    speedups = {fmt_name: [r["speedup_vs_torch"] for r in results if r["format"] == fmt_name]
+                for fmt_name, _ in common.LAYOUTS}
+    common.report_speedups(args, device, f"pool3x3 (kernel 3, padding 1), {args.dtype}, inference mode",
+                           ["shape", "layout", "torch us", "ours us", "speedup"], rows, results, speedups)
 
 
 if __name__ == "__main__":

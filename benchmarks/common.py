@@ -46,3 +46,34 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print(line.format(*header))
     for row in rows:
         print(line.format(*row))
+
+
+# (name, memory format) of the two layouts the 3x3 op benchmarks measure.
+LAYOUTS = (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last))
+
+
+def batches_and_run_time(args: argparse.Namespace) -> tuple[tuple[int, ...], float]:
+    """Batch sizes to measure and seconds per measurement: --quick measures batch 1 only, half as long."""
+    if args.quick:
+        return (1,), args.min_run_time / 2
+    return (1, 8), args.min_run_time
+
+
+def speedup_cells(times: dict[str, float]) -> list[str]:
+    """Table cells of one torch-vs-ours measurement: both times in microseconds, then the speedup."""
+    return [f"{times['torch'] * 1e6:.1f}", f"{times['ours'] * 1e6:.1f}", f"{times['torch'] / times['ours']:.2f}x"]
+
+
+def report_speedups(args: argparse.Namespace, device: torch.device, title: str, header: list[str],
+                    rows: list[list[str]], results: list[dict], speedups: dict[str, list[float]]) -> None:
+    """Prints the table and each group's geometric mean and worst speedup over torch, and writes
+    every measurement to --json."""
+    print(f"{title}, {environment(device)}")
+    print_table(header, rows)
+    summary = {}
+    for group, values in speedups.items():
+        summary[f"{group}_speedup_vs_torch"] = geometric_mean(values)
+        summary[f"{group}_worst_speedup_vs_torch"] = min(values)
+    print("geometric mean / worst:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+    write_json(args.json, {"environment": environment(device), "dtype": args.dtype,
+                           "results": results, "summary": summary})

@@ -40,6 +40,7 @@ from __future__ import annotations
 import operator
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -116,13 +117,13 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     gm = _capture(model, args, dynamic_batch)
     report = FuseReport(training=model.training)
-    _replace_shuffles(gm.graph, report)
+    _rewrite_matches(gm.graph, report, _match_shuffle)
     _fuse_convs(gm, report)
     if not report.training:
         # Inference rewrites, like the depthwise one: the pool's backward is stock ATen, and
         # one buffer saved by the in-place ReLU is little next to a training step's backward.
-        _fuse_pools(gm.graph, report)
-        _fuse_add_relus(gm.graph, report)
+        _rewrite_matches(gm.graph, report, _pool3x3)
+        _rewrite_matches(gm.graph, report, _add_relu)
     report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if _is_so_shuffle(n))
     gm.graph.lint()
     gm.recompile()
@@ -184,9 +185,9 @@ def _flattens_dims_1_and_2(node: fx.Node) -> bool:
 
 
 def _match_shuffle(node: fx.Node):
-    """(input, groups, pattern, nodes to drop) if ``node`` ends a channel shuffle."""
+    """The rewrite to ``so.channel_shuffle`` if ``node`` ends a channel shuffle."""
     if _is_call(node, _STOCK_SHUFFLES):
-        return node.args[0], node.args[1], SHUFFLE_OP, [node]
+        return _Rewrite(channel_shuffle, (node.args[0], node.args[1]), node, [node], SHUFFLE_OP)
     out = _val(node)
     if not (_is_call(node, _VIEWS) or _flattens_dims_1_and_2(node)) or out is None or out.dim() != 4:
         return None
@@ -219,7 +220,7 @@ def _match_shuffle(node: fx.Node):
         out.shape[0]
     ):
         return None
-    return x, groups, SHUFFLE_IDIOM, chain
+    return _Rewrite(channel_shuffle, (x, groups), node, chain, SHUFFLE_IDIOM)
 
 
 def _erase_unused(graph: fx.Graph, nodes) -> None:
@@ -228,20 +229,32 @@ def _erase_unused(graph: fx.Graph, nodes) -> None:
             graph.erase_node(node)
 
 
-def _replace_shuffles(graph: fx.Graph, report: FuseReport) -> None:
+@dataclass
+class _Rewrite:
+    """A matched pattern: the uses of ``result`` go to ``function(*args)``, inserted before the
+    matched node; then the nodes of ``replaced`` left unused are erased, in that order."""
+
+    function: Callable
+    args: tuple
+    result: fx.Node
+    replaced: list
+    pattern: str
+
+
+def _rewrite_matches(graph: fx.Graph, report: FuseReport, match: Callable[[fx.Node], _Rewrite | None]) -> None:
+    """Applies ``match``'s rewrite wherever it matches, counting each under its pattern."""
     for node in list(graph.nodes):
-        if node.graph is not graph or node.op != "call_function":
+        if node.graph is not graph:  # erased by an earlier rewrite
             continue
-        match = _match_shuffle(node)
-        if match is None:
+        rewrite = match(node)
+        if rewrite is None:
             continue
-        x, groups, pattern, chain = match
         with graph.inserting_before(node):
-            shuffle = graph.call_function(channel_shuffle, (x, groups))
-        shuffle.meta["val"] = node.meta.get("val")
-        node.replace_all_uses_with(shuffle)
-        _erase_unused(graph, chain)
-        report.counts[pattern] += 1
+            new = graph.call_function(rewrite.function, rewrite.args)
+        new.meta["val"] = rewrite.result.meta.get("val")
+        rewrite.result.replace_all_uses_with(new)
+        _erase_unused(graph, rewrite.replaced)
+        report.counts[rewrite.pattern] += 1
 
 
 def _is_so_shuffle(node) -> bool:
@@ -456,7 +469,7 @@ def _pair(value) -> tuple:
 
 
 def _pool3x3(node: fx.Node):
-    """(x, stride, average, the node whose value the pool gives) if ``node`` is a 3x3 pooling with
+    """The rewrite to ``so.max_pool3x3`` / ``so.avg_pool3x3`` if ``node`` is a 3x3 pooling with
     padding 1 and stride 1 or 2 that pool3x3 computes."""
     if not _is_call(node, _MAX_POOLS | {aten.avg_pool2d.default}):
         return None
@@ -471,34 +484,18 @@ def _pool3x3(node: fx.Node):
     if node.target is aten.avg_pool2d.default:
         if not a["count_include_pad"] or a["divisor_override"] is not None:
             return None
-        return a["self"], stride[0], True, node
+        return _Rewrite(avg_pool3x3, (a["self"], stride[0]), node, [node], AVG_POOL)
     if _pair(a["dilation"]) != (1, 1):
         return None
     if node.target is aten.max_pool2d.default:
-        return a["self"], stride[0], False, node
+        return _Rewrite(max_pool3x3, (a["self"], stride[0]), node, [node], MAX_POOL)
     # max_pool2d_with_indices: (values, indices), taken apart by getitem
     if not all(_is_call(u, {operator.getitem}) for u in node.users):
         return None
     values = [u for u in node.users if u.args[1] == 0]
     if len(values) != 1 or any(u.args[1] == 1 and u.users for u in node.users):
         return None
-    return a["self"], stride[0], False, values[0]
-
-
-def _fuse_pools(graph: fx.Graph, report: FuseReport) -> None:
-    for node in list(graph.nodes):
-        if node.graph is not graph:
-            continue
-        match = _pool3x3(node)
-        if match is None:
-            continue
-        x, stride, average, result = match
-        with graph.inserting_before(node):
-            new = graph.call_function(avg_pool3x3 if average else max_pool3x3, (x, stride))
-        new.meta["val"] = result.meta.get("val")
-        result.replace_all_uses_with(new)
-        _erase_unused(graph, [*node.users, node])
-        report.counts[AVG_POOL if average else MAX_POOL] += 1
+    return _Rewrite(max_pool3x3, (a["self"], stride[0]), values[0], [*node.users, node], MAX_POOL)
 
 
 def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -507,8 +504,8 @@ def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _add_relu(node: fx.Node):
-    """(a, b, the add) if ``node`` is a ReLU of ``a + b`` over two tensors of the same shape and
-    dtype, the sum used by nothing else."""
+    """The rewrite to ``add_relu`` if ``node`` is a ReLU of ``a + b`` over two tensors of the same
+    shape and dtype, the sum used by nothing else."""
     if not _is_call(node, _RELUS):
         return None
     add = node.args[0]
@@ -518,20 +515,4 @@ def _add_relu(node: fx.Node):
     x, y = _val(a["self"]), _val(a["other"])
     if a["alpha"] != 1 or x is None or y is None or not _same_shape(x, y) or x.dtype != y.dtype:
         return None
-    return a["self"], a["other"], add
-
-
-def _fuse_add_relus(graph: fx.Graph, report: FuseReport) -> None:
-    for node in list(graph.nodes):
-        if node.graph is not graph:
-            continue
-        match = _add_relu(node)
-        if match is None:
-            continue
-        a, b, add = match
-        with graph.inserting_before(node):
-            new = graph.call_function(add_relu, (a, b))
-        new.meta["val"] = node.meta.get("val")
-        node.replace_all_uses_with(new)
-        _erase_unused(graph, [node, add])
-        report.counts[ADD_RELU] += 1
+    return _Rewrite(add_relu, (a["self"], a["other"]), node, [node, add], ADD_RELU)

@@ -8,7 +8,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 import shufflenet_ops as so
-from tests.utils import assert_close_to, float64_leaves
+from tests.utils import assert_close_to, float64_leaves, random_activation
 
 OP = torch.ops.shufflenet_ops.depthwise_conv3x3
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -28,9 +28,7 @@ SHAPES = [
 
 def depthwise_inputs(n, c, h, w, dtype, *, bias=True, channels_last=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).to(dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
+    x = random_activation((n, c, h, w), dtype, rng=gen, channels_last=channels_last)
     weight = (torch.randn(c, 1, 3, 3, generator=gen, dtype=torch.float64) / 3).to(dtype)
     b = torch.randn(c, generator=gen, dtype=torch.float64).to(dtype) if bias else None
     return tuple(None if t is None else t.requires_grad_(True) for t in (x, weight, b))

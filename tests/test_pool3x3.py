@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 import shufflenet_ops as so
-from tests.utils import assert_close_to
+from tests.utils import assert_close_to, random_activation
 
 OP = torch.ops.shufflenet_ops.pool3x3
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -36,12 +36,6 @@ def window_oracle(x, stride, kind):
     padded = F.pad(x, (1, 1, 1, 1), value=float("-inf") if kind == "max" else 0.0)
     windows = padded.unfold(2, 3, stride).unfold(3, 3, stride)
     return windows.amax(dim=(-2, -1)) if kind == "max" else windows.sum(dim=(-2, -1)) / 9
-
-
-def pool_input(shape, dtype, *, channels_last=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-    return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
 def check_against_oracles(x, stride, kind, make_input=lambda x: x):
@@ -70,7 +64,7 @@ def check_against_oracles(x, stride, kind, make_input=lambda x: x):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_against_oracles(shape, kind, stride, channels_last, dtype):
-    check_against_oracles(pool_input(shape, dtype, channels_last=channels_last), stride, kind)
+    check_against_oracles(random_activation(shape, dtype, channels_last=channels_last), stride, kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -83,7 +77,7 @@ def test_every_vector_tail(kind, stride, channels_last, dtype):
     ours = KINDS[kind][0]
     for size in range(1, 36):
         shape = (2, size, 3, 4) if channels_last else (2, 3, 3, size)
-        x = pool_input(shape, dtype, channels_last=channels_last, seed=size)
+        x = random_activation(shape, dtype, channels_last=channels_last, rng=size)
         expected = window_oracle(x.double(), stride, kind)
         assert_close_to(ours(x, stride), expected, dtype, f"size {size}")
 
@@ -94,7 +88,7 @@ def test_every_vector_tail(kind, stride, channels_last, dtype):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_shufflenet_shapes(shape, kind, channels_last):
     # Large enough to be split across threads and into row bands.
-    x = pool_input(shape, torch.float32, channels_last=channels_last)
+    x = random_activation(shape, torch.float32, channels_last=channels_last)
     for stride in (1, 2):
         assert_close_to(KINDS[kind][0](x, stride), window_oracle(x.double(), stride, kind), torch.float32, "output")
 
@@ -108,7 +102,7 @@ def test_shufflenet_shapes(shape, kind, channels_last):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_non_contiguous_input(make_input, kind, stride, channels_last):
-    x = pool_input((2, 7, 8, 21), torch.float32, channels_last=channels_last)
+    x = random_activation((2, 7, 8, 21), torch.float32, channels_last=channels_last)
     check_against_oracles(x, stride, kind, make_input)
 
 
@@ -118,7 +112,7 @@ def test_non_contiguous_input(make_input, kind, stride, channels_last):
 def test_max_propagates_nan_and_padding_never_wins(stride, channels_last, dtype):
     # All values negative, so a zero from the padding would show; NaNs on the
     # borders, in the middle and in the last columns (vector tails).
-    x = -pool_input((2, 5, 9, 19), dtype).abs() - 1
+    x = -random_activation((2, 5, 9, 19), dtype).abs() - 1
     gen = torch.Generator().manual_seed(2)
     x.view(-1)[torch.randint(0, x.numel(), (12,), generator=gen)] = float("nan")
     x[0, 0, 0, 0] = x[0, 1, -1, -1] = x[1, 2, 4, 18] = x[1, 3, 8, 0] = float("nan")
@@ -135,7 +129,7 @@ def test_max_propagates_nan_and_padding_never_wins(stride, channels_last, dtype)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_infinities(kind, channels_last):
-    x = pool_input((1, 3, 6, 7), torch.float32)
+    x = random_activation((1, 3, 6, 7), torch.float32)
     x[0, 0] = float("-inf")  # a plane of -inf: max is -inf, not the padding's value
     x[0, 1, 2, 3] = float("inf")
     if channels_last:
@@ -159,7 +153,7 @@ def test_empty_channels_and_images():
 def opcheck_samples():
     for stride in (1, 2):
         for average in (False, True):
-            x = pool_input((2, 5, 6, 7), torch.float32, seed=stride).requires_grad_()
+            x = random_activation((2, 5, 6, 7), torch.float32, rng=stride).requires_grad_()
             yield (x, stride, average)
             yield (x.detach().to(memory_format=torch.channels_last).requires_grad_(), stride, average)
             yield (x.detach()[..., 1:].requires_grad_(), stride, average)
@@ -174,12 +168,12 @@ def test_opcheck(args):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_gradcheck(kind, stride, channels_last):
-    x = pool_input((2, 3, 5, 6), torch.float64, channels_last=channels_last, seed=3).requires_grad_()
+    x = random_activation((2, 3, 5, 6), torch.float64, channels_last=channels_last, rng=3).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: KINDS[kind][0](x, stride), (x,))
 
 
 def test_no_gradient_requested():
-    x = pool_input((1, 2, 5, 5), torch.float32)
+    x = random_activation((1, 2, 5, 5), torch.float32)
     for ours in (so.max_pool3x3, so.avg_pool3x3):
         assert not ours(x, 2).requires_grad
 

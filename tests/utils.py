@@ -1,4 +1,4 @@
-"""Shared test helpers: per-dtype tolerances and reference comparison.
+"""Shared test helpers: per-dtype tolerances, reference comparison and random inputs.
 
 Outputs are compared with a float64 run of ``so.reference`` on the same
 (upcast) inputs, so the tolerance measures only the tested kernel's rounding.
@@ -24,12 +24,18 @@ def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
     )
 
 
+def random_activation(shape, dtype, *, rng=0, channels_last=False, device="cpu"):
+    """Standard normal values drawn in float64, then cast: every dtype sees the same values.
+    ``rng`` is a seed, or a torch.Generator the caller goes on drawing further tensors from."""
+    gen = rng if isinstance(rng, torch.Generator) else torch.Generator().manual_seed(rng)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
 def conv_inputs(n, c_in, c_out, h, w, groups, dtype, *, bias=True, channels_last=False, device="cpu", seed=0):
     """x, weight, bias leaves with requires_grad set, for a pointwise group conv."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c_in, h, w, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
+    x = random_activation((n, c_in, h, w), dtype, rng=gen, channels_last=channels_last, device=device)
     weight = torch.randn(c_out, c_in // groups, 1, 1, generator=gen, dtype=torch.float64)
     weight = (weight / (c_in // groups) ** 0.5).to(device=device, dtype=dtype)
     b = torch.randn(c_out, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype) if bias else None

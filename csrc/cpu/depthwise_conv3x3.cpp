@@ -15,11 +15,11 @@
 // Other strides are made dense in the suggested format.
 #include "../validation.h"
 #include "simd.h"
+#include "window3x3.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -37,15 +37,12 @@ constexpr int64_t kMinPixelsPerThread = 4096;
 // Widened input rows of one NCHW task stay in L1.
 constexpr int64_t kBandBytes = 16 * 1024;
 
-int64_t output_size(int64_t in, int64_t stride) { return in == 0 ? 0 : (in - 1) / stride + 1; }
-
 template <typename T>
-struct DepthwiseParams {
+struct DepthwiseParams : Window3x3Shape {
   const T* x;
   const acc_t<T>* weight;  // [C][9]
   const acc_t<T>* bias;    // [C], or null
   T* y;
-  int64_t batch, channels, in_h, in_w, out_h, out_w, stride;
   bool relu;
 };
 
@@ -262,22 +259,17 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
                                  const std::optional<at::Tensor>& bias, int64_t stride, bool relu) {
   check_depthwise_conv3x3(x_in, weight, bias, stride);
   check_dtype_supported(kOp, x_in, {at::kFloat, at::kDouble, at::kBFloat16});
-  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  const int64_t out_h = output_size(H, stride), out_w = output_size(W, stride);
-  const at::MemoryFormat format = x_in.suggest_memory_format();
-  at::Tensor y = at::empty({N, C, out_h, out_w}, x_in.options().memory_format(format));
+  const Window3x3Problem problem = window3x3_problem(x_in, stride);
+  const at::Tensor& x = problem.x;
+  const at::Tensor& y = problem.y;
   if (y.numel() == 0) return y;
-  const at::Tensor x = x_in.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
     const std::vector<acc_t<scalar_t>> w = to_acc<scalar_t>(weight);
     const std::vector<acc_t<scalar_t>> b =
         bias.has_value() ? to_acc<scalar_t>(*bias) : std::vector<acc_t<scalar_t>>{};
-    const DepthwiseParams<scalar_t> p{x.const_data_ptr<scalar_t>(),
-                                      w.data(),
-                                      b.empty() ? nullptr : b.data(),
-                                      y.mutable_data_ptr<scalar_t>(),
-                                      N, C, H, W, out_h, out_w, stride, relu};
-    if (format == at::MemoryFormat::ChannelsLast) {
+    const DepthwiseParams<scalar_t> p{problem.shape, x.const_data_ptr<scalar_t>(), w.data(),
+                                      b.empty() ? nullptr : b.data(), y.mutable_data_ptr<scalar_t>(), relu};
+    if (problem.format == at::MemoryFormat::ChannelsLast) {
       forward_channels_last(p);
     } else {
       forward_nchw(p);

@@ -19,11 +19,11 @@
 // Other strides are made dense in the suggested format.
 #include "../validation.h"
 #include "simd.h"
+#include "window3x3.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -42,13 +42,10 @@ constexpr int64_t kMinOutputsPerThread = 16384;
 // Outputs of one NCHW task at most (whole rows, at least one).
 constexpr int64_t kBandOutputs = 1024;
 
-int64_t output_size(int64_t in, int64_t stride) { return in == 0 ? 0 : (in - 1) / stride + 1; }
-
 template <typename T>
-struct PoolParams {
+struct PoolParams : Window3x3Shape {
   const T* x;
   T* y;
-  int64_t batch, channels, in_h, in_w, out_h, out_w, stride;
 };
 
 struct MaxPool {
@@ -319,19 +316,16 @@ void pool(const PoolParams<T>& p, at::MemoryFormat format) {
 at::Tensor pool3x3_cpu(const at::Tensor& x_in, int64_t stride, bool average) {
   check_pool3x3(x_in, stride);
   check_dtype_supported(kOp, x_in, {at::kFloat, at::kDouble, at::kBFloat16});
-  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  const int64_t out_h = output_size(H, stride), out_w = output_size(W, stride);
-  const at::MemoryFormat format = x_in.suggest_memory_format();
-  at::Tensor y = at::empty({N, C, out_h, out_w}, x_in.options().memory_format(format));
+  const Window3x3Problem problem = window3x3_problem(x_in, stride);
+  const at::Tensor& x = problem.x;
+  const at::Tensor& y = problem.y;
   if (y.numel() == 0) return y;
-  const at::Tensor x = x_in.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "pool3x3_cpu", [&] {
-    const PoolParams<scalar_t> p{x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                                 N, C, H, W, out_h, out_w, stride};
+    const PoolParams<scalar_t> p{problem.shape, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>()};
     if (average) {
-      pool<AveragePool>(p, format);
+      pool<AveragePool>(p, problem.format);
     } else {
-      pool<MaxPool>(p, format);
+      pool<MaxPool>(p, problem.format);
     }
   });
   return y;
