@@ -26,8 +26,7 @@ import shufflenet_ops as so  # noqa: E402
 def main(argv=None):
     args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    batches = (1,) if args.quick else (1, 8)
-    min_run_time = args.min_run_time / 2 if args.quick else args.min_run_time
+    batches, min_run_time = common.batches_and_run_time(args)
     ours_op, torch_op = torch.ops.shufflenet_ops.channel_shuffle.default, torch.ops.aten.channel_shuffle.default
     results, rows = [], []
     # The shuffle runs on the bottleneck activations (C_out of the first 1x1 conv).

@@ -49,8 +49,7 @@ def main(argv=None):
     parser.add_argument("--no-backward", action="store_true", help="skip the backward measurements")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    batches = (1,) if args.quick else (1, 8)
-    min_run_time = args.min_run_time / 2 if args.quick else args.min_run_time
+    batches, min_run_time = common.batches_and_run_time(args)
 
     results, rows = [], []
     for shape in common.shufflenet_layer_shapes(batches):

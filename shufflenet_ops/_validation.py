@@ -1,6 +1,9 @@
-"""Argument checks for every Python-side path (the public functions, the fake
-kernels, the Triton backend). The compiled backends share the C++ twin of this
-module, csrc/validation.cpp, so ops called through torch.ops are checked too."""
+"""Argument checks for every Python-side path (the fake kernels, the Triton and
+reference backends). The compiled backends share the C++ twin of this module,
+csrc/validation.cpp, so ops called through torch.ops are checked too. The
+public functions check only the Python types before handing the arguments to a
+backend, which checks the rest: the compiled backends would otherwise pay for
+the same checks twice on every call."""
 
 import torch
 
@@ -62,6 +65,24 @@ def _shuffles(op: str, in_channels, out_channels, groups, input_shuffle, output_
     _divides(groups, "groups", "output channels", out_channels, op)
     _divides(input_shuffle, "input_shuffle", "input channels", in_channels, op)
     _divides(output_shuffle, "output_shuffle", "output channels", out_channels, op)
+
+
+def check_conv_argument_types(x, weight, bias, groups, input_shuffle, output_shuffle) -> None:
+    """What the public pointwise_group_conv checks itself: the types the
+    registered ops' schema would otherwise reject with a generic message."""
+    op = "pointwise_group_conv"
+    _tensor(x, "x", op)
+    _tensor(weight, "weight", op)
+    if bias is not None:
+        _tensor(bias, "bias", op)
+    for value, name in ((groups, "groups"), (input_shuffle, "input_shuffle"), (output_shuffle, "output_shuffle")):
+        _integer(value, name)
+
+
+def check_channel_shuffle_argument_types(x, groups) -> None:
+    """What the public channel_shuffle checks itself (see check_conv_argument_types)."""
+    _tensor(x, "x", "channel_shuffle")
+    _integer(groups, "groups")
 
 
 def check_channel_shuffle(x, groups) -> None:

@@ -1,5 +1,7 @@
-"""The public ops. Each validates its arguments once, then hands them to the
-chosen backend (see :mod:`shufflenet_ops.backends`)."""
+"""The public ops. Each validates its arguments once and hands them to the
+chosen backend (see :mod:`shufflenet_ops.backends`); channel_shuffle and
+pointwise_group_conv check the Python types themselves and leave the rest to the
+backend, whose registered op (compiled or Triton) or reference wrapper checks it."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> t
     The inverse shuffle, which views them as (C // groups, groups), is
     ``channel_shuffle(x, C // groups)``.
     """
-    check.check_channel_shuffle(x, groups)
+    check.check_channel_shuffle_argument_types(x, groups)
     return backends.select(backend, x.device).channel_shuffle(x, groups)
 
 
@@ -43,7 +45,7 @@ def pointwise_group_conv(
     """
     input_shuffle = check.shuffle_groups(input_shuffle, "input_shuffle")
     output_shuffle = check.shuffle_groups(output_shuffle, "output_shuffle")
-    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
+    check.check_conv_argument_types(x, weight, bias, groups, input_shuffle, output_shuffle)
     return backends.select(backend, x.device).pointwise_group_conv(
         x, weight, bias, groups, input_shuffle, output_shuffle, bool(relu)
     )
@@ -94,7 +96,13 @@ def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     return reference.avg_pool3x3(x, stride)
 
 
+def _reference_shuffle(x, groups):
+    check.check_channel_shuffle(x, groups)
+    return reference.channel_shuffle(x, groups)
+
+
 def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
+    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
     return reference.pointwise_group_conv(
         x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu
     )
@@ -113,7 +121,7 @@ _POOL_NATIVE_DEVICES = _devices_with_kernel(POOL3X3)
 backends.register_backend(
     backends.Backend(
         name="reference",
-        channel_shuffle=reference.channel_shuffle,
+        channel_shuffle=_reference_shuffle,
         pointwise_group_conv=_reference_conv,
         # Stock PyTorch runs anywhere; "auto" takes it only where nothing else runs.
         priority={"cpu": 0, "cuda": 0, "mps": 0, "xpu": 0, "meta": 0},

@@ -98,7 +98,7 @@ TRITON = _register_fake_kernels(OpFamily("triton_"))
 DEPTHWISE_CONV3X3 = f"{NAMESPACE}::depthwise_conv3x3"
 
 
-def _depthwise_output_size(size: int, stride: int) -> int:
+def _window3x3_output_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
@@ -106,7 +106,7 @@ def _depthwise_output_size(size: int, stride: int) -> int:
 def _(x, weight, bias, stride, relu):
     check.check_depthwise_conv3x3(x, weight, bias, stride)
     n, c, h, w = x.shape
-    shape = (n, c, _depthwise_output_size(h, stride), _depthwise_output_size(w, stride))
+    shape = (n, c, _window3x3_output_size(h, stride), _window3x3_output_size(w, stride))
     return _empty(shape, x, suggest_memory_format(x))
 
 
@@ -153,7 +153,7 @@ POOL3X3 = f"{NAMESPACE}::pool3x3"
 def _(x, stride, average):
     check.check_pool3x3(x, stride)
     n, c, h, w = x.shape  # the same 3x3 window with padding 1 as the depthwise conv
-    shape = (n, c, _depthwise_output_size(h, stride), _depthwise_output_size(w, stride))
+    shape = (n, c, _window3x3_output_size(h, stride), _window3x3_output_size(w, stride))
     return _empty(shape, x, suggest_memory_format(x))
 
 

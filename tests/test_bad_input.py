@@ -54,13 +54,14 @@ CONV_CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", so.available_backends("cpu"))
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_public_pointwise_group_conv(case):
+def test_public_pointwise_group_conv(case, backend):
     overrides, error, pattern = CONV_CASES[case]
     a = conv_args(**overrides)
     with pytest.raises(error, match=pattern):
         so.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"],
-                                input_shuffle=a["input_shuffle"], output_shuffle=a["output_shuffle"])
+                                input_shuffle=a["input_shuffle"], output_shuffle=a["output_shuffle"], backend=backend)
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES))
@@ -97,6 +98,10 @@ def test_python_argument_types(kwargs, error, pattern):
 def test_non_tensor_input():
     with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
         so.pointwise_group_conv([[1.0]], torch.randn(1, 1))
+    with pytest.raises(TypeError, match=r"weight to be a torch.Tensor"):
+        so.pointwise_group_conv(torch.randn(1, 1, 2, 2), [[1.0]])
+    with pytest.raises(TypeError, match=r"bias to be a torch.Tensor"):
+        so.pointwise_group_conv(torch.randn(1, 1, 2, 2), torch.randn(1, 1), [0.0])
     with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
         so.channel_shuffle(3.0, 1)
 
@@ -110,11 +115,21 @@ SHUFFLE_CASES = [
 
 
 @pytest.mark.parametrize("x,groups,error,pattern", SHUFFLE_CASES)
-@pytest.mark.parametrize("entry", ["public", "registered"])
+@pytest.mark.parametrize("entry", ["registered"] + [f"public-{b}" for b in so.available_backends("cpu")])
 def test_channel_shuffle(x, groups, error, pattern, entry):
-    op = so.channel_shuffle if entry == "public" else OPS.channel_shuffle
+    if entry == "registered":
+        op = OPS.channel_shuffle
+    else:
+        def op(x, groups):
+            return so.channel_shuffle(x, groups, backend=entry.removeprefix("public-"))
     with pytest.raises(error, match=pattern):
         op(x, groups)
+
+
+@pytest.mark.parametrize("groups", [2.0, True, "2"])
+def test_channel_shuffle_groups_type(groups):
+    with pytest.raises(TypeError, match=r"groups to be an int"):
+        so.channel_shuffle(torch.randn(1, 4, 2, 2), groups)
 
 
 GRAD_CASES = [

@@ -14,6 +14,7 @@
 //
 // Other strides are made dense in the suggested format.
 #include "../validation.h"
+#include "parallel.h"
 #include "simd.h"
 #include "window3x3.h"
 
@@ -108,7 +109,7 @@ void forward_nchw(const DepthwiseParams<T>& p) {
       kBandBytes / (layout.length * static_cast<int64_t>(sizeof(A)) * p.stride), 1, p.out_h);
   const int64_t bands = (p.out_h + band_rows - 1) / band_rows;
   const int64_t pixels_per_task = band_rows * p.out_w;
-  const int64_t grain = std::max<int64_t>(1, kMinPixelsPerThread / pixels_per_task);
+  const int64_t grain = grain_for(pixels_per_task, kMinPixelsPerThread);
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
   at::parallel_for(0, p.batch * p.channels * bands, grain, [&](int64_t begin, int64_t end) {
     const int64_t max_rows = p.stride * (band_rows - 1) + 3;
@@ -222,7 +223,7 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
   for (int64_t c0 = 0; c0 + L <= C; c0 += L) block_starts.push_back(c0);
   if (C >= L && C % L) block_starts.push_back(C - L);
   const bool partial = C < L;
-  const int64_t grain = std::max<int64_t>(1, kMinPixelsPerThread / p.out_w);
+  const int64_t grain = grain_for(p.out_w, kMinPixelsPerThread);
   at::parallel_for(0, p.batch * p.out_h, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / p.out_h, oh = task % p.out_h;

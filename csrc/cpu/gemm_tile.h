@@ -201,6 +201,12 @@ inline void dot_tail(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64
   return dot_tile<T, kDotTailColumns>(g, row0, rows, col0, cols, columns.data(), tile);
 }
 
+// Up to this many bytes of B, the row tiles run outermost: each row tile
+// sweeps all columns, so the output is written as a few long runs rather than
+// one short run per row at a time (with a shuffle, rows far apart), and B
+// streams from L2. Bigger B panels run column blocks outermost to keep B in L1.
+inline constexpr int64_t kRowsOuterPanelBytes = 256 * 1024;
+
 // C = A * B for `rows` x [col_begin, col_end). `store` is a TileStore, or a
 // callable store(row0, rows, col0, cols, tile) given each finished tile.
 template <typename T, typename Store>
@@ -208,58 +214,73 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
           const Store& store) {
   constexpr bool is_tile_store = std::is_same_v<Store, TileStore<T>>;
   constexpr int L = kLanes<T>;
-  constexpr int64_t block = kTileVectors * L;
-  alignas(64) acc_t<T> tile[kTileRows * kTileVectors * L];
+  constexpr int64_t block_columns = kTileVectors * L;
+
+  // A block of up to kTileVectors vectors of columns: `cols` of them as
+  // register tiles, then `tail` more as dot products.
+  struct ColumnBlock {
+    int64_t col0, cols, tail;
+    int vectors;
+    GemmOperands<T> panel;  // B as the tiles read it (a ragged last block is copied, zero-padded)
+    int64_t b_col;
+    const TileStore<T>* direct;  // full vectors to contiguous columns go straight from registers
+  };
+  std::vector<ColumnBlock> blocks;
   std::vector<T> padded;
   std::vector<const T*> padded_rows;
-  std::vector<acc_t<T>> tail_columns;
-  for (int64_t col0 = col_begin; col0 < col_end; col0 += block) {
-    int64_t cols = std::min(block, col_end - col0);
-    if (const int64_t tail = cols % L; g.a_rows_contiguous && tail != 0 && dot_tail_pays<T>(tail, g.depth)) {
-      cols -= tail;
-      for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) {
-        const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
-        dot_tail(g, row0, tile_rows, col0 + cols, tail, tail_columns, tile);
-        if constexpr (is_tile_store) {
-          store_tile(store, row0, tile_rows, col0 + cols, tail, tile);
-        } else {
-          store(row0, tile_rows, col0 + cols, tail, tile);
-        }
-      }
-      if (cols == 0) continue;
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += block_columns) {
+    ColumnBlock b{col0, std::min(block_columns, col_end - col0), 0, 0, g, col0, nullptr};
+    if (const int64_t tail = b.cols % L; g.a_rows_contiguous && tail != 0 && dot_tail_pays<T>(tail, g.depth)) {
+      b.tail = tail;
+      b.cols -= tail;
     }
-    const int vectors = static_cast<int>((cols + L - 1) / L);
-    GemmOperands<T> panel = g;
-    int64_t b_col = col0;
-    if (cols % L != 0 && !g.b_rows_padded) {
-      padded.assign(g.depth * vectors * L, T(0));
+    b.vectors = static_cast<int>((b.cols + L - 1) / L);
+    if (b.cols % L != 0 && !g.b_rows_padded) {  // only the last block is ragged
+      padded.assign(g.depth * b.vectors * L, T(0));
       padded_rows.resize(g.depth);
       for (int64_t k = 0; k < g.depth; ++k) {
-        std::memcpy(padded.data() + k * vectors * L, g.b_rows[k] + col0, cols * sizeof(T));
-        padded_rows[k] = padded.data() + k * vectors * L;
+        std::memcpy(padded.data() + k * b.vectors * L, g.b_rows[k] + col0, b.cols * sizeof(T));
+        padded_rows[k] = padded.data() + k * b.vectors * L;
       }
-      panel.b_rows = padded_rows.data();
-      b_col = 0;
+      b.panel.b_rows = padded_rows.data();
+      b.b_col = 0;
     }
-    // Full vectors to contiguous columns are stored straight from registers.
-    const TileStore<T>* direct = nullptr;
     if constexpr (is_tile_store) {
-      if (store.col_offsets == nullptr && cols == vectors * L) direct = &store;
+      if (store.col_offsets == nullptr && b.cols == b.vectors * L) b.direct = &store;
     }
-    for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) {
-      const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
-      switch (vectors) {
-        case 1: accumulate_rows<T, 1>(panel, row0, tile_rows, b_col, tile, direct, col0); break;
-        case 2: accumulate_rows<T, 2>(panel, row0, tile_rows, b_col, tile, direct, col0); break;
-        default: accumulate_rows<T, 3>(panel, row0, tile_rows, b_col, tile, direct, col0); break;
-      }
-      if (direct != nullptr) continue;
-      if constexpr (is_tile_store) {
-        store_tile(store, row0, tile_rows, col0, cols, tile);
-      } else {
-        store(row0, tile_rows, col0, cols, tile);
-      }
+    blocks.push_back(b);
+  }
+
+  alignas(64) acc_t<T> tile[kTileRows * kTileVectors * L];
+  std::vector<acc_t<T>> tail_columns;
+  const auto finish = [&](int64_t row0, int64_t tile_rows, int64_t col0, int64_t cols) {
+    if constexpr (is_tile_store) {
+      store_tile(store, row0, tile_rows, col0, cols, tile);
+    } else {
+      store(row0, tile_rows, col0, cols, tile);
     }
+  };
+  const auto run_tile = [&](const ColumnBlock& b, int64_t row0) {
+    const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
+    if (b.tail != 0) {
+      dot_tail(g, row0, tile_rows, b.col0 + b.cols, b.tail, tail_columns, tile);
+      finish(row0, tile_rows, b.col0 + b.cols, b.tail);
+    }
+    if (b.cols == 0) return;
+    switch (b.vectors) {
+      case 1: accumulate_rows<T, 1>(b.panel, row0, tile_rows, b.b_col, tile, b.direct, b.col0); break;
+      case 2: accumulate_rows<T, 2>(b.panel, row0, tile_rows, b.b_col, tile, b.direct, b.col0); break;
+      default: accumulate_rows<T, 3>(b.panel, row0, tile_rows, b.b_col, tile, b.direct, b.col0); break;
+    }
+    if (b.direct == nullptr) finish(row0, tile_rows, b.col0, b.cols);
+  };
+  const bool rows_outer = g.depth * (col_end - col_begin) * int64_t(sizeof(T)) <= kRowsOuterPanelBytes;
+  if (rows_outer) {
+    for (int64_t row0 = 0; row0 < rows; row0 += kTileRows)
+      for (const ColumnBlock& b : blocks) run_tile(b, row0);
+  } else {
+    for (const ColumnBlock& b : blocks)
+      for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) run_tile(b, row0);
   }
 }
 

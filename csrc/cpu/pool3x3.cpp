@@ -18,6 +18,7 @@
 //
 // Other strides are made dense in the suggested format.
 #include "../validation.h"
+#include "parallel.h"
 #include "simd.h"
 #include "window3x3.h"
 
@@ -214,7 +215,7 @@ void pool_nchw(const PoolParams<T>& p) {
   const int64_t bands = (p.out_h + band_rows - 1) / band_rows;
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
   const T* x_end = p.x + p.batch * p.channels * in_plane;
-  const int64_t grain = std::max<int64_t>(1, kMinOutputsPerThread / (band_rows * p.out_w));
+  const int64_t grain = grain_for(band_rows * p.out_w, kMinOutputsPerThread);
   at::parallel_for(0, p.batch * p.channels * bands, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t plane = task / bands;
@@ -283,7 +284,7 @@ template <typename Pool, int kStride, typename T>
 void pool_channels_last(const PoolParams<T>& p) {
   constexpr int L = kLanes<T>;
   const int64_t C = p.channels;
-  const int64_t grain = std::max<int64_t>(1, kMinOutputsPerThread / (p.out_w * C));
+  const int64_t grain = grain_for(p.out_w * C, kMinOutputsPerThread);
   at::parallel_for(0, p.batch * p.out_h, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / p.out_h, oh = task % p.out_h;
