@@ -42,7 +42,7 @@ def main(argv=None):
                 "torch_call": lambda: torch.channel_shuffle(x, g),
                 "ours_call": lambda: so.channel_shuffle(x, g, backend="native"),
                 "copy": lambda: x.clone(),
-            }, device, min_run_time)
+            }, device, min_run_time, args.rounds)
             kernel = times["torch_op"] / times["ours_op"]
             call = times["torch_call"] / times["ours_call"]
             results.append({"shape": [shape.batch, shape.c_out, shape.size, shape.size], "groups": g,

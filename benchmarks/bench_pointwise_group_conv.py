@@ -55,10 +55,10 @@ def main(argv=None):
     for shape in common.shufflenet_layer_shapes(batches):
         with torch.inference_mode():
             times = common.interleaved_medians(forward_fns(shape, device, dtype, args.channels_last), device,
-                                               min_run_time)
+                                               min_run_time, args.rounds)
         if not args.no_backward:
             times.update(common.interleaved_medians(backward_fns(shape, device, dtype, args.channels_last), device,
-                                                    min_run_time))
+                                                    min_run_time, args.rounds))
         ratios = {
             "speedup_vs_reference": times["reference"] / times["native"],
             "time_vs_matmul": times["native"] / times[op_level.FLOOR],

@@ -22,6 +22,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         help="element type (default: float32)")
     parser.add_argument("--min-run-time", type=float, default=0.2,
                         help="seconds of timed runs per measurement (default: 0.2)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds the run time is split into; more rounds ride out longer "
+                             "slow spells of a shared machine (default: 3)")
     parser.add_argument("--quick", action="store_true", help="batch 1 only, shorter timing")
     parser.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
     return parser
