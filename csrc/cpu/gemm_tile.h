@@ -161,18 +161,26 @@ inline bool dot_tail_pays(int64_t tail, int64_t depth) {
   return tail <= kDotTailColumns && tail * ((depth + kLanes<T> - 1) / kLanes<T> + kHorizontalSumSteps) < depth;
 }
 
-// Columns [col0, col0 + Cols) of a Rows-row tile, as dot products of A's rows
-// with B's columns; columns past `cols` are zero and go unstored.
+// B's columns [col0, col0 + cols), cols <= kDotTailColumns, copied once per
+// gemm as zero-padded rows of depth rounded up to whole vectors: the dot
+// products of every row tile read them as vectors.
+template <typename T>
+inline void pack_tail_columns(const GemmOperands<T>& g, int64_t col0, int64_t cols,
+                              std::vector<acc_t<T>>& columns) {
+  const int64_t depth_padded = round_up(g.depth, kLanes<T>);
+  columns.assign(kDotTailColumns * depth_padded, acc_t<T>(0));
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t k = 0; k < g.depth; ++k) columns[c * depth_padded + k] = load_scalar(g.b_rows[k] + col0 + c);
+}
+
+// Columns [0, Cols) of the packed tail of a Rows-row tile, as dot products of
+// A's rows with the packed columns; columns past `cols` are zero and go unstored.
 template <typename T, int Cols>
-inline void dot_tile(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
-                     acc_t<T>* columns, acc_t<T>* tile) {
-  using A = acc_t<T>;
+inline void dot_tile(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t cols,
+                     const acc_t<T>* columns, acc_t<T>* tile) {
   using V = vec_t<T>;
   constexpr int L = kLanes<T>;
   const int64_t depth_padded = round_up(g.depth, L);
-  for (int c = 0; c < Cols; ++c)
-    for (int64_t k = 0; k < depth_padded; ++k)
-      columns[c * depth_padded + k] = c < cols && k < g.depth ? load_scalar(g.b_rows[k] + col0 + c) : A(0);
   for (int64_t r = 0; r < rows; ++r) {
     const T* a_row = g.a_rows[row0 + r];
     V acc[Cols];
@@ -192,13 +200,12 @@ inline void dot_tile(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64
 }
 
 template <typename T>
-inline void dot_tail(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
-                     std::vector<acc_t<T>>& columns, acc_t<T>* tile) {
-  columns.resize(kDotTailColumns * round_up(g.depth, kLanes<T>));
-  if (cols == 1) return dot_tile<T, 1>(g, row0, rows, col0, cols, columns.data(), tile);
-  if (cols == 2) return dot_tile<T, 2>(g, row0, rows, col0, cols, columns.data(), tile);
-  if (cols <= 4) return dot_tile<T, 4>(g, row0, rows, col0, cols, columns.data(), tile);
-  return dot_tile<T, kDotTailColumns>(g, row0, rows, col0, cols, columns.data(), tile);
+inline void dot_tail(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t cols,
+                     const acc_t<T>* columns, acc_t<T>* tile) {
+  if (cols == 1) return dot_tile<T, 1>(g, row0, rows, cols, columns, tile);
+  if (cols == 2) return dot_tile<T, 2>(g, row0, rows, cols, columns, tile);
+  if (cols <= 4) return dot_tile<T, 4>(g, row0, rows, cols, columns, tile);
+  return dot_tile<T, kDotTailColumns>(g, row0, rows, cols, columns, tile);
 }
 
 // Up to this many bytes of B, the row tiles run outermost: each row tile
@@ -228,11 +235,13 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
   std::vector<ColumnBlock> blocks;
   std::vector<T> padded;
   std::vector<const T*> padded_rows;
+  std::vector<acc_t<T>> tail_columns;  // only the last block can have a tail
   for (int64_t col0 = col_begin; col0 < col_end; col0 += block_columns) {
     ColumnBlock b{col0, std::min(block_columns, col_end - col0), 0, 0, g, col0, nullptr};
     if (const int64_t tail = b.cols % L; g.a_rows_contiguous && tail != 0 && dot_tail_pays<T>(tail, g.depth)) {
       b.tail = tail;
       b.cols -= tail;
+      pack_tail_columns(g, col0 + b.cols, tail, tail_columns);
     }
     b.vectors = static_cast<int>((b.cols + L - 1) / L);
     if (b.cols % L != 0 && !g.b_rows_padded) {  // only the last block is ragged
@@ -252,7 +261,6 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
   }
 
   alignas(64) acc_t<T> tile[kTileRows * kTileVectors * L];
-  std::vector<acc_t<T>> tail_columns;
   const auto finish = [&](int64_t row0, int64_t tile_rows, int64_t col0, int64_t cols) {
     if constexpr (is_tile_store) {
       store_tile(store, row0, tile_rows, col0, cols, tile);
@@ -263,7 +271,7 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
   const auto run_tile = [&](const ColumnBlock& b, int64_t row0) {
     const int64_t tile_rows = std::min<int64_t>(kTileRows, rows - row0);
     if (b.tail != 0) {
-      dot_tail(g, row0, tile_rows, b.col0 + b.cols, b.tail, tail_columns, tile);
+      dot_tail(g, row0, tile_rows, b.tail, tail_columns.data(), tile);
       finish(row0, tile_rows, b.col0 + b.cols, b.tail);
     }
     if (b.cols == 0) return;
