@@ -99,10 +99,13 @@ at::Tensor grad_weight(const at::Tensor& grad_out, const at::Tensor& x, const Co
 template <typename Family>
 class ChannelShuffle : public torch::autograd::Function<ChannelShuffle<Family>> {
  public:
+  using Signature = typename FamilyOps<Family>::Shuffle;
+  static const auto& op() { return FamilyOps<Family>::get().channel_shuffle; }
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->saved_data["groups"] = groups;
-    return FamilyOps<Family>::get().channel_shuffle.call(x, groups);
+    return op().call(x, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -116,12 +119,14 @@ class ChannelShuffle : public torch::autograd::Function<ChannelShuffle<Family>> 
 template <typename Family>
 class PointwiseGroupConv : public torch::autograd::Function<PointwiseGroupConv<Family>> {
  public:
+  using Signature = typename FamilyOps<Family>::Conv;
+  static const auto& op() { return FamilyOps<Family>::get().conv; }
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t groups,
                             int64_t input_shuffle, int64_t output_shuffle, bool relu) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor y = FamilyOps<Family>::get().conv.call(x, weight, bias, groups, input_shuffle,
-                                                      output_shuffle, relu);
+    at::Tensor y = op().call(x, weight, bias, groups, input_shuffle, output_shuffle, relu);
     // With the ReLU, the output is its mask for the backward.
     ctx->save_for_backward({x, weight, relu ? y : at::Tensor()});
     ConvLayout{groups, input_shuffle, output_shuffle}.save(ctx);
@@ -155,6 +160,9 @@ class PointwiseGroupConv : public torch::autograd::Function<PointwiseGroupConv<F
 template <typename Family>
 class GradInput : public torch::autograd::Function<GradInput<Family>> {
  public:
+  using Signature = typename FamilyOps<Family>::ConvGrad;
+  static const auto& op() { return FamilyOps<Family>::get().grad_input; }
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out,
                             const at::Tensor& weight, int64_t groups, int64_t input_shuffle,
                             int64_t output_shuffle) {
@@ -183,14 +191,16 @@ class GradInput : public torch::autograd::Function<GradInput<Family>> {
 template <typename Family>
 class GradWeight : public torch::autograd::Function<GradWeight<Family>> {
  public:
+  using Signature = typename FamilyOps<Family>::ConvGrad;
+  static const auto& op() { return FamilyOps<Family>::get().grad_weight; }
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& x,
                             int64_t groups, int64_t input_shuffle, int64_t output_shuffle) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const ConvLayout l{groups, input_shuffle, output_shuffle};
     ctx->save_for_backward({grad_out, x});
     l.save(ctx);
-    return FamilyOps<Family>::get().grad_weight.call(grad_out, x, groups, input_shuffle,
-                                                     output_shuffle);
+    return op().call(grad_out, x, groups, input_shuffle, output_shuffle);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -213,12 +223,15 @@ class GradWeight : public torch::autograd::Function<GradWeight<Family>> {
 template <typename Family>
 class GradBias : public torch::autograd::Function<GradBias<Family>> {
  public:
+  using Signature = typename FamilyOps<Family>::BiasGrad;
+  static const auto& op() { return FamilyOps<Family>::get().grad_bias; }
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out,
                             int64_t output_shuffle) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->saved_data["grad_out_sizes"] = grad_out.sizes();
     ctx->saved_data["output_shuffle"] = output_shuffle;
-    return FamilyOps<Family>::get().grad_bias.call(grad_out, output_shuffle);
+    return op().call(grad_out, output_shuffle);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -232,6 +245,10 @@ class GradBias : public torch::autograd::Function<GradBias<Family>> {
   }
 };
 
+template <typename NotATensor>
+bool requires_grad(const NotATensor&) {
+  return false;
+}
 bool requires_grad(const at::Tensor& t) { return t.requires_grad(); }
 bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && t->requires_grad(); }
 
@@ -242,66 +259,29 @@ bool records_graph(const Tensors&... tensors) {
   return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
 }
 
-template <typename Family>
-at::Tensor channel_shuffle_autograd(const at::Tensor& x, int64_t groups) {
-  if (!records_graph(x)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return FamilyOps<Family>::get().channel_shuffle.call(x, groups);
-  }
-  return ChannelShuffle<Family>::apply(x, groups);
-}
+// The Autograd kernel of the op that `Function` differentiates.
+template <typename Function, typename Signature = typename Function::Signature>
+struct AutogradKernel;
 
-template <typename Family>
-at::Tensor conv_autograd(const at::Tensor& x, const at::Tensor& weight,
-                         const std::optional<at::Tensor>& bias, int64_t groups,
-                         int64_t input_shuffle, int64_t output_shuffle, bool relu) {
-  if (!records_graph(x, weight, bias)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return FamilyOps<Family>::get().conv.call(x, weight, bias, groups, input_shuffle,
-                                              output_shuffle, relu);
+template <typename Function, typename... Args>
+struct AutogradKernel<Function, at::Tensor(Args...)> {
+  static at::Tensor run(Args... args) {
+    if (!records_graph(args...)) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      return Function::op().call(args...);
+    }
+    return Function::apply(args...);
   }
-  return PointwiseGroupConv<Family>::apply(x, weight, bias, groups, input_shuffle, output_shuffle,
-                                           relu);
-}
-
-template <typename Family>
-at::Tensor grad_input_autograd(const at::Tensor& grad_out, const at::Tensor& weight,
-                               int64_t groups, int64_t input_shuffle, int64_t output_shuffle) {
-  if (!records_graph(grad_out, weight)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return grad_input<Family>(grad_out, weight, {groups, input_shuffle, output_shuffle});
-  }
-  return GradInput<Family>::apply(grad_out, weight, groups, input_shuffle, output_shuffle);
-}
-
-template <typename Family>
-at::Tensor grad_weight_autograd(const at::Tensor& grad_out, const at::Tensor& x, int64_t groups,
-                                int64_t input_shuffle, int64_t output_shuffle) {
-  if (!records_graph(grad_out, x)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return FamilyOps<Family>::get().grad_weight.call(grad_out, x, groups, input_shuffle,
-                                                     output_shuffle);
-  }
-  return GradWeight<Family>::apply(grad_out, x, groups, input_shuffle, output_shuffle);
-}
-
-template <typename Family>
-at::Tensor grad_bias_autograd(const at::Tensor& grad_out, int64_t output_shuffle) {
-  if (!records_graph(grad_out)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return FamilyOps<Family>::get().grad_bias.call(grad_out, output_shuffle);
-  }
-  return GradBias<Family>::apply(grad_out, output_shuffle);
-}
+};
 
 template <typename Family>
 void register_family(torch::Library& m) {
   const auto name = [](const char* op) { return std::string(Family::prefix) + op; };
-  m.impl(name("channel_shuffle").c_str(), &channel_shuffle_autograd<Family>);
-  m.impl(name("pointwise_group_conv").c_str(), &conv_autograd<Family>);
-  m.impl(name("pointwise_group_conv_grad_input").c_str(), &grad_input_autograd<Family>);
-  m.impl(name("pointwise_group_conv_grad_weight").c_str(), &grad_weight_autograd<Family>);
-  m.impl(name("pointwise_group_conv_grad_bias").c_str(), &grad_bias_autograd<Family>);
+  m.impl(name("channel_shuffle").c_str(), &AutogradKernel<ChannelShuffle<Family>>::run);
+  m.impl(name("pointwise_group_conv").c_str(), &AutogradKernel<PointwiseGroupConv<Family>>::run);
+  m.impl(name("pointwise_group_conv_grad_input").c_str(), &AutogradKernel<GradInput<Family>>::run);
+  m.impl(name("pointwise_group_conv_grad_weight").c_str(), &AutogradKernel<GradWeight<Family>>::run);
+  m.impl(name("pointwise_group_conv_grad_bias").c_str(), &AutogradKernel<GradBias<Family>>::run);
 }
 
 }  // namespace
