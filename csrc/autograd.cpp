@@ -112,7 +112,7 @@ class ChannelShuffle : public torch::autograd::Function<ChannelShuffle<Family>> 
     const at::Tensor& grad = grads[0];
     // The inverse of a shuffle with g groups is the shuffle with C / g groups.
     const int64_t groups = grad.size(1) / ctx->saved_data["groups"].toInt();
-    return {FamilyOps<Family>::get().channel_shuffle.call(grad, groups), at::Tensor()};
+    return {op().call(grad, groups), at::Tensor()};
   }
 };
 

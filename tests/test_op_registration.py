@@ -153,3 +153,19 @@ def test_export_keeps_the_fused_op():
     assert "shufflenet_ops.pointwise_group_conv.default" in targets
     x = torch.randn(1, 24, 8, 8)
     assert_close_to(program.module()(x), unit(x, impl=so.reference), torch.float32, "exported output")
+
+
+def test_two_dimensional_weight_and_its_gradient():
+    """A [C_out, C_in / groups] weight: the output and the weight gradient in that shape."""
+    x, w, b = conv_inputs(2, 12, 6, 3, 3, 3, torch.float32)
+    w2 = w.detach().view(6, 4).requires_grad_()
+    y = so.pointwise_group_conv(x, w2, b, 3, input_shuffle=2, output_shuffle=3, relu=True)
+    x64, w64, b64 = float64_leaves(x, w, b)
+    y64 = so.reference.pointwise_group_conv(x64, w64, b64, 3, input_shuffle=2, output_shuffle=3, relu=True)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w2, b), grad)
+    expected = torch.autograd.grad(y64, (x64, w64, b64), grad.double())
+    assert_close_to(y, y64, torch.float32, "output")
+    assert got[1].shape == w2.shape
+    for name, g, e in zip(("x", "weight", "bias"), got, expected):
+        assert_close_to(g, e.view(g.shape), torch.float32, f"grad {name}")
