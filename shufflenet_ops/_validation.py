@@ -67,22 +67,18 @@ def _shuffles(op: str, in_channels, out_channels, groups, input_shuffle, output_
     _divides(output_shuffle, "output_shuffle", "output channels", out_channels, op)
 
 
-def check_conv_argument_types(x, weight, bias, groups, input_shuffle, output_shuffle) -> None:
-    """What the public pointwise_group_conv checks itself: the types the
-    registered ops' schema would otherwise reject with a generic message."""
-    op = "pointwise_group_conv"
-    _tensor(x, "x", op)
-    _tensor(weight, "weight", op)
-    if bias is not None:
-        _tensor(bias, "bias", op)
-    for value, name in ((groups, "groups"), (input_shuffle, "input_shuffle"), (output_shuffle, "output_shuffle")):
+def check_argument_types(op: str, *, tensors: dict, optional_tensors: dict | None = None,
+                         integers: dict | None = None) -> None:
+    """What a public function checks itself before a backend takes over: the
+    Python types, which a registered op's schema would otherwise reject with a
+    generic message (and a bool would pass as an int)."""
+    for name, t in tensors.items():
+        _tensor(t, name, op)
+    for name, t in (optional_tensors or {}).items():
+        if t is not None:
+            _tensor(t, name, op)
+    for name, value in (integers or {}).items():
         _integer(value, name)
-
-
-def check_channel_shuffle_argument_types(x, groups) -> None:
-    """What the public channel_shuffle checks itself (see check_conv_argument_types)."""
-    _tensor(x, "x", "channel_shuffle")
-    _integer(groups, "groups")
 
 
 def check_channel_shuffle(x, groups) -> None:

@@ -1,7 +1,7 @@
-"""The public ops. Each validates its arguments once and hands them to the
-chosen backend (see :mod:`shufflenet_ops.backends`); channel_shuffle and
-pointwise_group_conv check the Python types themselves and leave the rest to the
-backend, whose registered op (compiled or Triton) or reference wrapper checks it."""
+"""The public ops. Each checks the Python types of its arguments and hands them
+to a backend (see :mod:`shufflenet_ops.backends`), which checks the rest once:
+the registered ops (compiled or Triton) themselves, the reference after its own
+full check. The compiled ops would otherwise pay for the same checks twice."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> t
     The inverse shuffle, which views them as (C // groups, groups), is
     ``channel_shuffle(x, C // groups)``.
     """
-    check.check_channel_shuffle_argument_types(x, groups)
+    check.check_argument_types("channel_shuffle", tensors={"x": x}, integers={"groups": groups})
     return backends.select(backend, x.device).channel_shuffle(x, groups)
 
 
@@ -45,7 +45,9 @@ def pointwise_group_conv(
     """
     input_shuffle = check.shuffle_groups(input_shuffle, "input_shuffle")
     output_shuffle = check.shuffle_groups(output_shuffle, "output_shuffle")
-    check.check_conv_argument_types(x, weight, bias, groups, input_shuffle, output_shuffle)
+    # shuffle_groups has checked the shuffles' types.
+    check.check_argument_types("pointwise_group_conv", tensors={"x": x, "weight": weight},
+                               optional_tensors={"bias": bias}, integers={"groups": groups})
     return backends.select(backend, x.device).pointwise_group_conv(
         x, weight, bias, groups, input_shuffle, output_shuffle, bool(relu)
     )
@@ -67,9 +69,11 @@ def depthwise_conv3x3(
     output has x's memory format (NCHW or channels_last). Runs the native kernel
     where one is registered for x's device, the reference elsewhere.
     """
-    check.check_depthwise_conv3x3(x, weight, bias, stride)
+    check.check_argument_types("depthwise_conv3x3", tensors={"x": x, "weight": weight},
+                               optional_tensors={"bias": bias}, integers={"stride": stride})
     if x.device.type in _DEPTHWISE_NATIVE_DEVICES:
         return torch.ops.shufflenet_ops.depthwise_conv3x3(x, weight, bias, stride, bool(relu))
+    check.check_depthwise_conv3x3(x, weight, bias, stride)
     return reference.depthwise_conv3x3(x, weight, bias, stride, relu=bool(relu))
 
 
@@ -79,10 +83,7 @@ def max_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     makes its output NaN. The output has x's memory format (NCHW or
     channels_last). Runs the native kernel where one is registered for x's
     device, the reference elsewhere."""
-    check.check_pool3x3(x, stride)
-    if x.device.type in _POOL_NATIVE_DEVICES:
-        return torch.ops.shufflenet_ops.pool3x3(x, stride, False)
-    return reference.max_pool3x3(x, stride)
+    return _pool3x3(x, stride, average=False)
 
 
 def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
@@ -90,10 +91,15 @@ def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     ``F.avg_pool2d(x, 3, stride, 1)``: the window sum over 9, padding counted as
     zero. The output has x's memory format (NCHW or channels_last). Runs the
     native kernel where one is registered for x's device, the reference elsewhere."""
-    check.check_pool3x3(x, stride)
+    return _pool3x3(x, stride, average=True)
+
+
+def _pool3x3(x, stride, average: bool):
+    check.check_argument_types("pool3x3", tensors={"x": x}, integers={"stride": stride})
     if x.device.type in _POOL_NATIVE_DEVICES:
-        return torch.ops.shufflenet_ops.pool3x3(x, stride, True)
-    return reference.avg_pool3x3(x, stride)
+        return torch.ops.shufflenet_ops.pool3x3(x, stride, average)
+    check.check_pool3x3(x, stride)
+    return reference.avg_pool3x3(x, stride) if average else reference.max_pool3x3(x, stride)
 
 
 def _reference_shuffle(x, groups):

@@ -478,7 +478,7 @@ def _pool3x3(node: fx.Node):
     if x is None or x.dim() != 4 or x.dtype not in _POOL_DTYPES:
         return None
     kernel = _pair(a["kernel_size"])
-    stride = _pair(a["stride"]) if _pair(a["stride"]) else kernel  # an empty stride is the kernel size
+    stride = _pair(a["stride"]) or kernel  # an empty stride is the kernel size
     if kernel != (3, 3) or stride not in ((1, 1), (2, 2)) or _pair(a["padding"]) != (1, 1) or a["ceil_mode"]:
         return None
     if node.target is aten.avg_pool2d.default:

@@ -174,12 +174,14 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
-@pytest.mark.parametrize("entry", ["public", "registered"])
-def test_bad_input(case, entry):
+@pytest.mark.parametrize("entry", ["public", "public-reference", "registered"])
+def test_bad_input(case, entry, monkeypatch):
     overrides, error, pattern = BAD_CASES[case]
     a = bad_args(**overrides)
+    if entry == "public-reference":  # as on a device without a native kernel
+        monkeypatch.setattr(so.functional, "_DEPTHWISE_NATIVE_DEVICES", frozenset())
     with pytest.raises(error, match=pattern):
-        if entry == "public":
+        if entry != "registered":
             so.depthwise_conv3x3(a["x"], a["weight"], a["bias"], a["stride"])
         else:
             OP(a["x"], a["weight"], a["bias"], a["stride"], False)

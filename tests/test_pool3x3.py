@@ -191,9 +191,12 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
+@pytest.mark.parametrize("native", [True, False], ids=["native", "reference"])
 @pytest.mark.parametrize("entry", ["max_pool3x3", "avg_pool3x3", "registered"])
-def test_bad_input(case, entry):
+def test_bad_input(case, entry, native, monkeypatch):
     x, stride, error, pattern = BAD_CASES[case]
+    if not native:  # as on a device without a native kernel
+        monkeypatch.setattr(so.functional, "_POOL_NATIVE_DEVICES", frozenset())
     with pytest.raises(error, match=pattern):
         if entry == "registered":
             OP(x, stride, False)
