@@ -85,6 +85,15 @@ def test_edge_shapes(shape, placement, bias, relu, channels_last, dtype):
     check_against_reference(*shape, dtype, placement=placement, bias=bias, relu=relu, channels_last=channels_last)
 
 
+@pytest.mark.parametrize("tail", range(1, 9))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ragged_column_tails(tail, dtype):
+    # 48 + tail pixels: a ragged tail of every width the dot-product path takes,
+    # over a depth of 100 (not whole vectors) and 13 rows (not whole row batches).
+    check_against_reference(1, 200, 26, 1, 48 + tail, 2, dtype, placement="output", bias=True, relu=True,
+                            channels_last=False)
+
+
 @pytest.mark.parametrize(
     "make_input",
     [

@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "csrc" / "kernels" / "shuffle_index.h"
 CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
 
-# Reads "channels groups" pairs; prints each pair's source and destination tables.
+# Reads "channels groups" pairs; prints each pair's source and destination maps, channel by
+# channel, then as the filled lookup tables.
 PROGRAM = r"""
 #include "shuffle_index.h"
 #include <cstdio>
+#include <vector>
 int main() {
   long long channels, groups;
   while (std::scanf("%lld %lld", &channels, &groups) == 2) {
@@ -29,6 +31,13 @@ int main() {
     std::printf("\n");
     for (long long c = 0; c < channels; ++c)
       std::printf("%lld ", (long long)shufflenet_ops::shuffle_destination_channel(c, groups, channels));
+    std::printf("\n");
+    std::vector<int64_t> source(channels), destination(channels);
+    shufflenet_ops::fill_shuffle_source_table(groups, channels, source.data());
+    shufflenet_ops::fill_shuffle_destination_table(groups, channels, destination.data());
+    for (int64_t c : source) std::printf("%lld ", (long long)c);
+    std::printf("\n");
+    for (int64_t c : destination) std::printf("%lld ", (long long)c);
     std::printf("\n");
   }
 }
@@ -49,14 +58,14 @@ def tables(tmp_path_factory):
                    check=True, capture_output=True, text=True)
     stdin = "".join(f"{c} {g}\n" for c, g in CASES)
     lines = subprocess.run([str(binary)], input=stdin, check=True, capture_output=True, text=True).stdout.splitlines()
-    assert len(lines) == 2 * len(CASES)
-    return {case: ([int(v) for v in lines[2 * i].split()], [int(v) for v in lines[2 * i + 1].split()])
-            for i, case in enumerate(CASES)}
+    assert len(lines) == 4 * len(CASES)
+    parsed = [[int(v) for v in line.split()] for line in lines]
+    return {case: tuple(parsed[4 * i:4 * i + 4]) for i, case in enumerate(CASES)}
 
 
 @pytest.mark.parametrize("channels,groups", CASES)
 def test_source_channel_is_the_reference_permutation(tables, channels, groups):
-    source, _ = tables[(channels, groups)]
+    source, _, _, _ = tables[(channels, groups)]
     # Channel c of the reference shuffle of arange holds the input channel it read.
     expected = so.reference.channel_shuffle(torch.arange(channels).view(1, channels, 1), groups).flatten()
     assert source == expected.tolist()
@@ -66,9 +75,16 @@ def test_source_channel_is_the_reference_permutation(tables, channels, groups):
 
 @pytest.mark.parametrize("channels,groups", CASES)
 def test_destination_channel_inverts_the_shuffle(tables, channels, groups):
-    source, destination = tables[(channels, groups)]
+    source, destination, _, _ = tables[(channels, groups)]
     shuffled = so.reference.channel_shuffle(torch.arange(channels).view(1, channels, 1), groups).flatten()
     # Input channel c lands at destination[c]: the shuffled tensor holds c there.
     assert [shuffled[d].item() for d in destination] == list(range(channels))
     assert sorted(destination) == list(range(channels))
     assert [source[d] for d in destination] == list(range(channels))
+
+
+@pytest.mark.parametrize("channels,groups", CASES)
+def test_filled_tables_equal_the_per_channel_maps(tables, channels, groups):
+    source, destination, source_table, destination_table = tables[(channels, groups)]
+    assert source_table == source
+    assert destination_table == destination

@@ -28,7 +28,7 @@ int64_t grain(int64_t bytes_per_item) { return grain_for(bytes_per_item, kMinByt
 template <typename Bits>
 void gather_channels(const Bits* x, Bits* y, int64_t pixels, int64_t channels, int64_t groups) {
   std::vector<int64_t> source(channels);
-  for (int64_t c = 0; c < channels; ++c) source[c] = shuffle_source_channel(c, groups, channels);
+  fill_shuffle_source_table(groups, channels, source.data());
   at::parallel_for(0, pixels, grain(channels * sizeof(Bits)), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const Bits* in = x + q * channels;

@@ -153,12 +153,13 @@ inline void accumulate_rows(const GemmOperands<T>& g, int64_t row0, int64_t rows
 inline constexpr int kDotTailColumns = 8;
 
 // Whether those dot products beat a tile that spends a whole vector on the
-// tail: per row, `tail` dot products of depth / lanes FMAs plus a horizontal
-// sum each (about 2 log2(lanes) dependent steps) against about one FMA per k.
+// tail: per row, `tail` dot products of depth / lanes FMAs plus their share of
+// a transposing reduction (about two shuffles and an add per sum) against
+// about one FMA per k.
 template <typename T>
 inline bool dot_tail_pays(int64_t tail, int64_t depth) {
-  constexpr int64_t kHorizontalSumSteps = 2 * (kLanes<T> >= 16 ? 4 : kLanes<T> >= 8 ? 3 : 2);
-  return tail <= kDotTailColumns && tail * ((depth + kLanes<T> - 1) / kLanes<T> + kHorizontalSumSteps) < depth;
+  constexpr int64_t kReductionCostPerSum = 3;
+  return tail <= kDotTailColumns && tail * ((depth + kLanes<T> - 1) / kLanes<T> + kReductionCostPerSum) < depth;
 }
 
 // B's columns [col0, col0 + cols), cols <= kDotTailColumns, copied once per
@@ -173,29 +174,41 @@ inline void pack_tail_columns(const GemmOperands<T>& g, int64_t col0, int64_t co
     for (int64_t k = 0; k < g.depth; ++k) columns[c * depth_padded + k] = load_scalar(g.b_rows[k] + col0 + c);
 }
 
-// Columns [0, Cols) of the packed tail of a Rows-row tile, as dot products of
-// A's rows with the packed columns; columns past `cols` are zero and go unstored.
+// Columns [0, Cols) of the packed tail of a tile of `rows` rows, as dot
+// products of A's rows with the packed columns; columns past `cols` are zero
+// and go unstored. Rows run in batches whose Cols x rows accumulators (at most
+// a vector's lanes) are summed by one transposing reduction.
 template <typename T, int Cols>
 inline void dot_tile(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t cols,
                      const acc_t<T>* columns, acc_t<T>* tile) {
   using V = vec_t<T>;
   constexpr int L = kLanes<T>;
+  constexpr int kBatchRows = std::min(kTileRows, L / Cols);
+  constexpr int kSums = kBatchRows * Cols;
   const int64_t depth_padded = round_up(g.depth, L);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* a_row = g.a_rows[row0 + r];
-    V acc[Cols];
-#pragma GCC unroll 8
-    for (int c = 0; c < Cols; ++c) acc[c] = V{};
+  for (int64_t r0 = 0; r0 < rows; r0 += kBatchRows) {
+    const int64_t batch_rows = std::min<int64_t>(kBatchRows, rows - r0);
+    const T* a_rows[kBatchRows];
+    // Rows past the tile repeat its first row: computed, never stored.
+    for (int r = 0; r < kBatchRows; ++r) a_rows[r] = g.a_rows[row0 + r0 + (r < batch_rows ? r : 0)];
+    V acc[kSums];
+#pragma GCC unroll 16
+    for (int i = 0; i < kSums; ++i) acc[i] = V{};
     for (int64_t k = 0; k < g.depth; k += L) {
-      const V a = g.depth - k >= L ? load_vec(a_row + k) : load_vec_partial(a_row + k, g.depth - k);
+      const int64_t valid = std::min<int64_t>(L, g.depth - k);
+      V b[Cols];
 #pragma GCC unroll 8
-      for (int c = 0; c < Cols; ++c) {
-        V b;
-        std::memcpy(&b, columns + c * depth_padded + k, sizeof b);
-        acc[c] += a * b;
+      for (int c = 0; c < Cols; ++c) std::memcpy(&b[c], columns + c * depth_padded + k, sizeof(V));
+#pragma GCC unroll 8
+      for (int r = 0; r < kBatchRows; ++r) {
+        const V a = valid == L ? load_vec(a_rows[r] + k) : load_vec_partial(a_rows[r] + k, valid);
+#pragma GCC unroll 8
+        for (int c = 0; c < Cols; ++c) acc[r * Cols + c] += a * b[c];
       }
     }
-    for (int c = 0; c < cols; ++c) tile[r * kTileVectors * L + c] = horizontal_sum(acc[c]);
+    const V sums = transposed_sums<kSums>(acc);
+    for (int64_t r = 0; r < batch_rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) tile[(r0 + r) * kTileVectors * L + c] = sums[r * Cols + c];
   }
 }
 

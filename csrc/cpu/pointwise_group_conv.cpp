@@ -43,10 +43,8 @@ struct ChannelTables {
   std::vector<int64_t> out_channel;  // [C_out]: output channel written for conv channel c
 
   explicit ChannelTables(const ConvProblem& p) : in_channel(p.in_channels), out_channel(p.out_channels) {
-    for (int64_t c = 0; c < p.in_channels; ++c)
-      in_channel[c] = shuffle_source_channel(c, p.input_shuffle, p.in_channels);
-    for (int64_t c = 0; c < p.out_channels; ++c)
-      out_channel[c] = shuffle_destination_channel(c, p.output_shuffle, p.out_channels);
+    fill_shuffle_source_table(p.input_shuffle, p.in_channels, in_channel.data());
+    fill_shuffle_destination_table(p.output_shuffle, p.out_channels, out_channel.data());
   }
 };
 

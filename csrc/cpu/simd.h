@@ -6,8 +6,13 @@
 
 #include <c10/util/BFloat16.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace shufflenet_ops::cpu {
@@ -100,9 +105,18 @@ inline void store_vec(T* p, vec_t<T> v) {
   }
 }
 
-// The first `count` (< kLanes) elements, the rest zero: for row tails.
+// The first `count` (<= kLanes) elements, the rest zero: for row tails. With
+// AVX-512 a masked load (no call to memcpy for a variable length; the masked-off
+// lanes are never touched, so reading at the end of a buffer is safe).
 template <typename T>
 inline vec_t<T> load_vec_partial(const T* p, int64_t count) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p);
+  } else if constexpr (std::is_same_v<T, double>) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p);
+  }
+#endif
   T padded[kLanes<T>] = {};
   std::memcpy(padded, p, count * sizeof(T));
   return load_vec(padded);
@@ -110,6 +124,13 @@ inline vec_t<T> load_vec_partial(const T* p, int64_t count) {
 
 template <typename T>
 inline void store_vec_partial(T* p, vec_t<T> v, int64_t count) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v);
+  } else if constexpr (std::is_same_v<T, double>) {
+    return _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v);
+  }
+#endif
   T padded[kLanes<T>];
   store_vec(padded, v);
   std::memcpy(p, padded, count * sizeof(T));
@@ -141,6 +162,53 @@ inline auto sum_first_lanes(V v) {
 template <typename V>
 inline auto horizontal_sum(V v) {
   return detail::sum_first_lanes<sizeof(V) / sizeof(v[0])>(v);
+}
+
+namespace detail {
+// Lane t of the vector that packs the halves of width-W segments: a and b each
+// hold lanes / W segments; the result holds twice as many of width W / 2, a's
+// first. `half` picks the low (0) or high (W / 2) half of each segment.
+constexpr int segment_half_lane(int lanes, int W, int half, int t) {
+  const int segment = t / (W / 2), offset = t % (W / 2), per_vector = lanes / W;
+  return (segment < per_vector ? segment * W : lanes + (segment - per_vector) * W) + half + offset;
+}
+
+template <int W, typename V, size_t... I>
+inline V add_segment_halves(V a, V b, std::index_sequence<I...>) {
+  constexpr int L = sizeof(V) / sizeof(a[0]);
+  return __builtin_shufflevector(a, b, segment_half_lane(L, W, 0, I)...) +
+         __builtin_shufflevector(a, b, segment_half_lane(L, W, W / 2, I)...);
+}
+
+// v[0..N) each hold one width-W segment per lanes / W lanes: pairs merge
+// level by level until one vector holds the N sums' segments.
+template <int N, int W, typename V>
+inline V merge_segments(V* v) {
+  constexpr int L = sizeof(V) / sizeof(v[0][0]);
+  if constexpr (N == 1) {
+    if constexpr (W == 1) {
+      return v[0];
+    } else {
+      v[0] = add_segment_halves<W>(v[0], v[0], std::make_index_sequence<L>());
+      return merge_segments<1, W / 2>(v);
+    }
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < N / 2; ++i)
+      v[i] = add_segment_halves<W>(v[2 * i], v[2 * i + 1], std::make_index_sequence<L>());
+    return merge_segments<N / 2, W / 2>(v);
+  }
+}
+}  // namespace detail
+
+// Lane i of the result is the sum of v[i]'s lanes, for N (a power of two, at
+// most lanes) vectors at once: a transposing tree of about 2N shuffles and N
+// adds, where N separate horizontal sums take log2(lanes) of each. Clobbers v.
+template <int N, typename V>
+inline V transposed_sums(V* v) {
+  constexpr int L = sizeof(V) / sizeof(v[0][0]);
+  static_assert(N >= 1 && N <= L && (N & (N - 1)) == 0, "N must be a power of two, at most the lane count");
+  return detail::merge_segments<N, L>(v);
 }
 
 }  // namespace shufflenet_ops::cpu

@@ -29,4 +29,19 @@ SHUFFLENET_HOST_DEVICE int64_t shuffle_destination_channel(int64_t in_channel, i
   return (in_channel % per_group) * groups + in_channel / per_group;
 }
 
+// Both maps as lookup tables over every channel, filled in the order of the
+// shuffle's (C / groups, groups) view: no division per channel, for host code
+// that builds a table on every call.
+inline void fill_shuffle_source_table(int64_t groups, int64_t channels, int64_t* table) {
+  const int64_t per_group = channels / groups;
+  for (int64_t i = 0; i < per_group; ++i)
+    for (int64_t j = 0; j < groups; ++j) table[i * groups + j] = j * per_group + i;
+}
+
+inline void fill_shuffle_destination_table(int64_t groups, int64_t channels, int64_t* table) {
+  const int64_t per_group = channels / groups;
+  for (int64_t i = 0; i < per_group; ++i)
+    for (int64_t j = 0; j < groups; ++j) table[j * per_group + i] = i * groups + j;
+}
+
 }  // namespace shufflenet_ops
