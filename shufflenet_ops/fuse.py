@@ -29,6 +29,11 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
   into 0 outside its vector loop and +inf into the largest finite value, and
   it has no CUDA, bfloat16 or autograd kernel.)
 
+* in eval, whatever the model computes from its parameters and buffers alone
+  (a BatchNorm it folds itself at every call, weights it reshapes or shuffles)
+  is computed once, now, and kept as a buffer; plain views of a parameter stay
+  views, so the parameter is still shared.
+
 In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
 sits between them, the ReLU and shuffle after it. Everything fused is then
@@ -73,6 +78,7 @@ OTHER_CONV = "BatchNorm folded into another conv"
 MAX_POOL = "3x3 max pool (max_pool3x3)"
 AVG_POOL = "3x3 average pool (avg_pool3x3)"
 ADD_RELU = "add + ReLU, the ReLU in place on the sum"
+PARAMETER_COMPUTATION = "computation on parameters alone, done once at fuse time"
 
 
 class FuseError(RuntimeError):
@@ -117,6 +123,8 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     gm = _capture(model, args, dynamic_batch)
     report = FuseReport(training=model.training)
+    if not report.training:
+        _fold_parameter_computations(gm, report)
     _rewrite_matches(gm.graph, report, _match_shuffle)
     _fuse_convs(gm, report)
     if not report.training:
@@ -130,9 +138,21 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     gm.fuse_report = report
     if verbose:
         print(report)
-    if not report.shuffles_found:
-        warnings.warn(f"so.fuse: found no channel shuffle in {type(model).__name__}; nothing was fused", stacklevel=2)
+    if not report.shuffles_found and not any(_is_library_op(n) for n in gm.graph.nodes):
+        fused_any = any(report.counts.values())
+        warnings.warn(
+            f"so.fuse: found no channel shuffle in {type(model).__name__}; "
+            + ("fused only the other patterns (see fuse_report)" if fused_any else "nothing was fused"),
+            stacklevel=2,
+        )
     return gm
+
+
+def _is_library_op(node: fx.Node) -> bool:
+    """Whether ``node`` calls one of this library's registered ops: a model built on them (such as
+    ``so.models``) has its shuffles fused already."""
+    return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and (
+        node.target.namespace == "shufflenet_ops")
 
 
 def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> fx.GraphModule:
@@ -460,6 +480,54 @@ def _delete_unused_attributes(gm: fx.GraphModule, attributes_before) -> None:
         if node.target not in still_used:
             module_path, _, name = node.target.rpartition(".")
             delattr(gm.get_submodule(module_path), name)
+
+
+def _is_pure_op(node: fx.Node) -> bool:
+    target = node.target
+    return (node.op == "call_function" and isinstance(target, torch._ops.OpOverload)
+            and not target._schema.is_mutable and torch.Tag.nondeterministic_seeded not in target.tags)
+
+
+def _fold_parameter_computations(gm: fx.GraphModule, report: FuseReport) -> None:
+    """Replaces each value computed from attributes (parameters, buffers) alone, where the rest of
+    the graph uses it, by a buffer holding it, computed now."""
+    graph = gm.graph
+    attributes_before = {n for n in graph.nodes if n.op == "get_attr" and n.users}
+    constant: dict[fx.Node, bool] = {}  # node -> whether its value involves more than views
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            constant[node] = False
+        elif _is_pure_op(node) and _val(node) is not None:
+            inputs = node.all_input_nodes
+            if inputs and all(i in constant for i in inputs):
+                constant[node] = not node.target.is_view or any(constant[i] for i in inputs)
+    frontier = [n for n, computed in constant.items()
+                if computed and any(u not in constant for u in n.users)]
+    values: dict[fx.Node, torch.Tensor] = {}
+
+    def value(node: fx.Node):
+        if node not in values:
+            if node.op == "get_attr":
+                values[node] = _attribute(gm, node)
+            else:
+                args, kwargs = fx.node.map_arg((node.args, node.kwargs), value)
+                values[node] = node.target(*args, **kwargs)
+        return values[node]
+
+    for index, node in enumerate(frontier):
+        with torch.no_grad():
+            folded = value(node).clone()
+        name = f"parameter_computation{index}"
+        gm.register_buffer(name, folded)
+        with graph.inserting_before(node):
+            replacement = graph.get_attr(name)
+        replacement.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(replacement, delete_user_cb=lambda user: user not in constant)
+        report.counts[PARAMETER_COMPUTATION] += 1
+    for node in reversed(list(constant)):
+        if node.op == "call_function" and not node.users:
+            graph.erase_node(node)
+    _delete_unused_attributes(gm, attributes_before)
 
 
 def _pair(value) -> tuple:

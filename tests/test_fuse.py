@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 import zipfile
 
 import pytest
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shufflenet_ops as so
-from shufflenet_ops.fuse import ADD_RELU, AVG_POOL, MAX_POOL, FuseError
+from shufflenet_ops.fuse import ADD_RELU, AVG_POOL, MAX_POOL, PARAMETER_COMPUTATION, FuseError
 from shufflenet_ops.models import shufflenet_v1_unfused
 from tests.stock_shufflenet import randomize_batch_norms
 
@@ -186,6 +187,55 @@ def test_published_style_shufflenet_v1(mode, shuffle_after_depthwise):
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
 
 
+# --- models built on the library, and computations on parameters ------------------------------
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_library_model_zoo(mode):
+    torch.manual_seed(0)
+    model = getattr(randomize_batch_norms(so.models.shufflenet_v1(3, 0.25, 10)).double(), mode)()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its shuffles are fused already: no "found no channel shuffle"
+        fused = so.fuse(copy.deepcopy(model), torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    # In eval the model folds each BatchNorm at every call: fused, each folding is done once.
+    assert fused.fuse_report.counts[PARAMETER_COMPUTATION] == 2 * batch_norms * (mode == "eval")
+    if mode == "eval":  # what is left is the network itself
+        ops = {n.target.__name__.split(".")[0] for n in fused.graph.nodes
+               if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)}
+        assert ops <= {"conv2d", "relu", "cat", "mean", "linear", "pointwise_group_conv", "depthwise_conv3x3"}, ops
+    assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=torch.float64), train=mode == "train")
+
+
+class ParameterComputations(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 4))
+        self.scale = nn.Parameter(torch.rand(6) + 0.5)
+        self.register_buffer("shift", torch.randn(6))
+
+    def forward(self, x):
+        viewed = F.linear(x, self.weight.view(6, 4))  # a view: stays one, the parameter shared
+        computed = F.linear(x, self.weight * self.scale.view(6, 1), self.shift.exp())
+        return viewed + computed + torch.rand_like(self.shift) * 0  # rand_like: never folded
+
+
+def test_parameter_computations_are_done_once_and_views_stay_shared():
+    model = ParameterComputations().eval()
+    x = torch.randn(3, 4)
+    with pytest.warns(UserWarning, match="found no channel shuffle .*; fused only the other patterns"):
+        fused = so.fuse(model, x)
+    assert fused.fuse_report.counts[PARAMETER_COMPUTATION] == 2  # the scaled weight and exp(shift)
+    targets = {n.target for n in fused.graph.nodes if n.op == "call_function"}
+    assert aten.exp.default not in targets and aten.mul.Tensor in targets  # mul by 0 of rand_like stays
+    assert aten.rand_like.default in targets
+    torch.testing.assert_close(fused(x), model(x))
+    # The viewed parameter is still the model's: changing it changes the fused result.
+    before = fused(x)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    torch.testing.assert_close(fused(x) - before, F.linear(x, torch.ones(6, 4)))
+
+
 # --- torchvision's shufflenet_v2_x1_0 ---------------------------------------------------------------
 
 def _torchvision_version_for_installed_torch():
@@ -324,7 +374,7 @@ def test_bad_model_argument():
 
 def test_warns_when_nothing_to_fuse_and_reports_verbosely(capsys):
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()  # no shuffle, no 1x1 conv
-    with pytest.warns(UserWarning, match="found no channel shuffle"):
+    with pytest.warns(UserWarning, match="found no channel shuffle .*; nothing was fused"):
         fused = so.fuse(model, torch.randn(2, 4, 2, 2), verbose=True)
     assert "nothing to fuse" in capsys.readouterr().out
     assert_same_function(model, fused, torch.randn(2, 4, 2, 2), train=False)
