@@ -66,16 +66,20 @@ def main(argv=None):
         }
         if not args.no_backward:
             ratios["backward_speedup_vs_reference"] = times["reference_backward"] / times["native_backward"]
+            # grad_input and grad_weight: two GEMMs of the forward's size.
+            for name in BACKWARD:
+                ratios[f"{name}_backward_gflops"] = 4 * shape.macs / times[f"{name}_backward"] / 1e9
         results.append({"shape": shape, "times_s": times, **ratios})
         rows.append(
             [shape.name, f"{times['reference'] * 1e6:.0f}", f"{times['native'] * 1e6:.0f}", f"{times[op_level.FLOOR] * 1e6:.0f}",
              f"{ratios['speedup_vs_reference']:.2f}x", f"{ratios['time_vs_matmul']:.2f}",
              f"{ratios['reference_vs_matmul']:.2f}"]
-            + ([f"{ratios['backward_speedup_vs_reference']:.2f}x"] if not args.no_backward else [])
+            + ([f"{ratios['backward_speedup_vs_reference']:.2f}x", f"{ratios['reference_backward_gflops']:.0f}",
+                f"{ratios['native_backward_gflops']:.0f}"] if not args.no_backward else [])
         )
     header = ["shape", "ref us", "fused us", "matmul us", "fused speedup", "fused/matmul", "ref/matmul"]
     if not args.no_backward:
-        header.append("bwd speedup")
+        header += ["bwd speedup", "ref bwd GFLOP/s", "fused bwd GFLOP/s"]
     print(f"pointwise_group_conv + output shuffle, {args.dtype}, "
           f"{'channels_last' if args.channels_last else 'NCHW'}, {common.environment(device)}")
     common.print_table(header, rows)
@@ -88,6 +92,7 @@ def main(argv=None):
     if not args.no_backward:
         summary["backward_speedup_vs_reference"] = common.geometric_mean(
             [r["backward_speedup_vs_reference"] for r in results])
+        summary["worst_backward_speedup_vs_reference"] = min(r["backward_speedup_vs_reference"] for r in results)
     print("geometric means / extremes:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     common.write_json(args.json, {"environment": common.environment(device), "dtype": args.dtype,
                                   "channels_last": args.channels_last, "results": results, "summary": summary})

@@ -14,6 +14,7 @@
 //
 // Other strides are made dense in the suggested format.
 #include "../validation.h"
+#include "accumulator_copy.h"
 #include "parallel.h"
 #include "simd.h"
 #include "window3x3.h"
@@ -247,15 +248,6 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
 
 // ---------------------------------------------------------------- binding
 
-template <typename T>
-std::vector<acc_t<T>> to_acc(const at::Tensor& t) {
-  const at::Tensor dense = t.contiguous();
-  const T* data = dense.const_data_ptr<T>();
-  std::vector<acc_t<T>> out(dense.numel());
-  for (int64_t i = 0; i < dense.numel(); ++i) out[i] = load_scalar(data + i);
-  return out;
-}
-
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, int64_t stride, bool relu) {
   check_depthwise_conv3x3(x_in, weight, bias, stride);
@@ -265,9 +257,8 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
   const at::Tensor& y = problem.y;
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
-    const std::vector<acc_t<scalar_t>> w = to_acc<scalar_t>(weight);
-    const std::vector<acc_t<scalar_t>> b =
-        bias.has_value() ? to_acc<scalar_t>(*bias) : std::vector<acc_t<scalar_t>>{};
+    const std::vector<acc_t<scalar_t>> w = accumulator_copy<scalar_t>(weight);
+    const std::vector<acc_t<scalar_t>> b = accumulator_copy<scalar_t>(bias);
     const DepthwiseParams<scalar_t> p{problem.shape, x.const_data_ptr<scalar_t>(), w.data(),
                                       b.empty() ? nullptr : b.data(), y.mutable_data_ptr<scalar_t>(), relu};
     if (problem.format == at::MemoryFormat::ChannelsLast) {

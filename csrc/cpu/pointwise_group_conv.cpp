@@ -11,6 +11,7 @@
 // run over channels). Other strides are made dense in the suggested format.
 #include "../kernels/shuffle_index.h"
 #include "../validation.h"
+#include "accumulator_copy.h"
 #include "gemm_tile.h"
 #include "parallel.h"
 
@@ -92,17 +93,6 @@ RowSplit split_rows(int64_t rows, int64_t base_tasks) {
   const int64_t tiles = std::max<int64_t>(1, (rows + kTileRows - 1) / kTileRows);
   const int64_t count = std::clamp<int64_t>((wanted + base_tasks - 1) / base_tasks, 1, tiles);
   return {count, round_up((rows + count - 1) / count, kTileRows)};
-}
-
-template <typename T>
-std::vector<acc_t<T>> to_acc(const std::optional<at::Tensor>& bias) {
-  std::vector<acc_t<T>> out;
-  if (!bias.has_value()) return out;
-  const at::Tensor b = bias->contiguous();
-  const T* data = b.const_data_ptr<T>();
-  out.resize(b.numel());
-  for (int64_t i = 0; i < b.numel(); ++i) out[i] = load_scalar(data + i);
-  return out;
 }
 
 // ---------------------------------------------------------------- forward
@@ -195,7 +185,7 @@ at::Tensor pointwise_group_conv_cpu(const at::Tensor& x_in, const at::Tensor& we
   const at::Tensor weight = weight_in.contiguous();
   const ChannelTables tables(p);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "pointwise_group_conv_cpu", [&] {
-    const std::vector<acc_t<scalar_t>> b = to_acc<scalar_t>(bias);
+    const std::vector<acc_t<scalar_t>> b = accumulator_copy<scalar_t>(bias);
     const acc_t<scalar_t>* bias_data = b.empty() ? nullptr : b.data();
     if (is_channels_last(y)) {
       forward_pixel_major<scalar_t>(p, tables, x.const_data_ptr<scalar_t>(),
