@@ -37,7 +37,7 @@ template <typename Family>
 struct FamilyOps {
   using Shuffle = at::Tensor(const at::Tensor&, int64_t);
   using Conv = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                          int64_t, int64_t, int64_t, bool);
+                          int64_t, int64_t, int64_t, bool, const std::optional<at::Tensor>&);
   using ConvGrad = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t);
   using BiasGrad = at::Tensor(const at::Tensor&, int64_t);
 
@@ -77,7 +77,7 @@ struct ConvLayout {
 template <typename Family>
 at::Tensor conv(const at::Tensor& x, const at::Tensor& weight, const ConvLayout& l) {
   return FamilyOps<Family>::get().conv.call(x, weight, std::nullopt, l.groups, l.input_shuffle,
-                                            l.output_shuffle, false);
+                                            l.output_shuffle, false, std::nullopt);
 }
 
 template <typename Family>
@@ -124,14 +124,17 @@ class PointwiseGroupConv : public torch::autograd::Function<PointwiseGroupConv<F
 
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t groups,
-                            int64_t input_shuffle, int64_t output_shuffle, bool relu) {
+                            int64_t input_shuffle, int64_t output_shuffle, bool relu,
+                            const std::optional<at::Tensor>& residual) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor y = op().call(x, weight, bias, groups, input_shuffle, output_shuffle, relu);
+    at::Tensor y = op().call(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual);
     // With the ReLU, the output is its mask for the backward.
     ctx->save_for_backward({x, weight, relu ? y : at::Tensor()});
     ConvLayout{groups, input_shuffle, output_shuffle}.save(ctx);
-    // needs_input_grad counts tensor inputs only: bias is input 2 when given.
+    // needs_input_grad counts the tensors given: bias is input 2 when given,
+    // the residual the one after.
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["has_residual"] = residual.has_value() && residual->defined();
     return y;
   }
 
@@ -150,10 +153,16 @@ class PointwiseGroupConv : public torch::autograd::Function<PointwiseGroupConv<F
     if (ctx->needs_input_grad(1)) {
       grad_w = grad_weight<Family>(grad, x, l, weight);
     }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    if (has_bias && ctx->needs_input_grad(2)) {
       grad_b = FamilyOps<Family>::get().grad_bias.call(grad, l.output_shuffle);
     }
-    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    // The residual is added at the output: its gradient is the output's, masked.
+    at::Tensor grad_residual;
+    if (ctx->saved_data["has_residual"].toBool() && ctx->needs_input_grad(has_bias ? 3 : 2)) {
+      grad_residual = grad;
+    }
+    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), grad_residual};
   }
 };
 

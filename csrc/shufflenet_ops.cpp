@@ -21,9 +21,10 @@ namespace {
 void define_family(torch::Library& m, const std::string& prefix) {
   const auto def = [&](const std::string& schema) { m.def((prefix + schema).c_str()); };
   def("channel_shuffle(Tensor x, int groups) -> Tensor");
-  // A shuffle group count of 1 means "no shuffle".
+  // A shuffle group count of 1 means "no shuffle". The residual, of the
+  // output's shape, is added after the output shuffle and before the ReLU.
   def("pointwise_group_conv(Tensor x, Tensor weight, Tensor? bias, int groups, "
-      "int input_shuffle, int output_shuffle, bool relu) -> Tensor");
+      "int input_shuffle, int output_shuffle, bool relu, Tensor? residual=None) -> Tensor");
   // Backward ops. grad_out is the gradient at the op's (shuffled) output with
   // the ReLU mask, if any, already applied.
   def("pointwise_group_conv_grad_input(Tensor grad_out, Tensor weight, int groups, "

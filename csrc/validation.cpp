@@ -59,7 +59,8 @@ void check_channel_shuffle(const at::Tensor& x, int64_t groups) {
 
 ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, int64_t groups,
-                                       int64_t input_shuffle, int64_t output_shuffle) {
+                                       int64_t input_shuffle, int64_t output_shuffle,
+                                       const std::optional<at::Tensor>& residual) {
   constexpr const char* op = "pointwise_group_conv";
   check_activation(op, "x", x);
   check_matches(op, "weight", weight, "x", x);
@@ -75,6 +76,12 @@ ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& we
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == p.out_channels, op,
                       ": expected bias of shape [C_out] = [", p.out_channels, "], got ",
                       bias->sizes());
+  }
+  if (residual.has_value()) {
+    check_matches(op, "residual", *residual, "x", x);
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef({p.batch, p.out_channels, p.height, p.width}), op,
+                      ": expected residual of the output's shape [N, C_out, H, W] = [", p.batch, ", ",
+                      p.out_channels, ", ", p.height, ", ", p.width, "], got ", residual->sizes());
   }
   return p;
 }

@@ -30,7 +30,8 @@ void check_channel_shuffle(const at::Tensor& x, int64_t groups);
 
 ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, int64_t groups,
-                                       int64_t input_shuffle, int64_t output_shuffle);
+                                       int64_t input_shuffle, int64_t output_shuffle,
+                                       const std::optional<at::Tensor>& residual);
 
 ConvProblem check_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t groups,
                              int64_t input_shuffle, int64_t output_shuffle);

@@ -89,7 +89,7 @@ def check_channel_shuffle(x, groups) -> None:
     _divides(groups, "groups", "channels of x", x.shape[1], op)
 
 
-def check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle) -> None:
+def check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, residual=None) -> None:
     op = "pointwise_group_conv"
     _activation(x, "x", op)
     _matches(weight, "weight", x, "x", op)
@@ -103,6 +103,12 @@ def check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_sh
         _matches(bias, "bias", x, "x", op)
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{op}: expected bias of shape [C_out] = [{weight.shape[0]}], got {list(bias.shape)}")
+    if residual is not None:
+        _matches(residual, "residual", x, "x", op)
+        expected = [x.shape[0], weight.shape[0], *x.shape[2:]]
+        if list(residual.shape) != expected:
+            raise ValueError(f"{op}: expected residual of the output's shape [N, C_out, H, W] = {expected}, "
+                             f"got {list(residual.shape)}")
 
 
 def check_grad_input(grad_out, weight, groups, input_shuffle, output_shuffle) -> None:

@@ -32,24 +32,27 @@ def pointwise_group_conv(
     input_shuffle: int | None = None,
     output_shuffle: int | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """A 1x1 group convolution fused with channel shuffles:
+    """A 1x1 group convolution fused with channel shuffles and a residual add:
 
-        channel_shuffle(act(conv2d(channel_shuffle(x, input_shuffle), weight, bias, groups=groups)),
-                        output_shuffle)
+        act(channel_shuffle(conv2d(channel_shuffle(x, input_shuffle), weight, bias, groups=groups),
+                            output_shuffle) + residual)
 
-    with ``act`` = ReLU when ``relu`` is true; a shuffle of None or 1 is skipped.
-    ``weight`` is [C_out, C_in / groups, 1, 1] or [C_out, C_in / groups]. The
-    output has x's memory format (NCHW or channels_last).
+    with ``act`` = ReLU when ``relu`` is true; a shuffle of None or 1 is skipped,
+    and so is the residual when None (it has the output's shape: a ShuffleNet
+    unit's input, added in the conv's epilogue). ``weight`` is
+    [C_out, C_in / groups, 1, 1] or [C_out, C_in / groups]. The output has x's
+    memory format (NCHW or channels_last).
     """
     input_shuffle = check.shuffle_groups(input_shuffle, "input_shuffle")
     output_shuffle = check.shuffle_groups(output_shuffle, "output_shuffle")
     # shuffle_groups has checked the shuffles' types.
     check.check_argument_types("pointwise_group_conv", tensors={"x": x, "weight": weight},
-                               optional_tensors={"bias": bias}, integers={"groups": groups})
+                               optional_tensors={"bias": bias, "residual": residual}, integers={"groups": groups})
     return backends.select(backend, x.device).pointwise_group_conv(
-        x, weight, bias, groups, input_shuffle, output_shuffle, bool(relu)
+        x, weight, bias, groups, input_shuffle, output_shuffle, bool(relu), residual
     )
 
 
@@ -107,10 +110,11 @@ def _reference_shuffle(x, groups):
     return reference.channel_shuffle(x, groups)
 
 
-def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
-    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
+def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual=None):
+    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, residual)
     return reference.pointwise_group_conv(
-        x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu
+        x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu,
+        residual=residual,
     )
 
 

@@ -23,7 +23,9 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
   without ceil mode or divisor override) becomes ``so.max_pool3x3`` /
   ``so.avg_pool3x3``;
 * in eval, ``relu(a + b)`` over two tensors of the same shape, the sum used
-  only by the ReLU (a residual connection), becomes one add with the ReLU in
+  only by the ReLU (a residual connection): where ``a`` is a fused 1x1 conv
+  used only by the add, the conv adds ``b`` and applies the ReLU in its
+  epilogue (``residual=b``); otherwise it becomes one add with the ReLU in
   place on its result: the same values and autograd without a second output
   buffer. (ATen's fused ``_add_relu`` is not used: its CPU kernel turns a NaN
   into 0 outside its vector loop and +inf into the largest finite value, and
@@ -42,6 +44,7 @@ exact up to floating-point rounding of the folded weights.
 
 from __future__ import annotations
 
+import functools
 import operator
 import warnings
 from collections import Counter
@@ -62,8 +65,6 @@ _STOCK_SHUFFLES = {aten.channel_shuffle.default, aten.native_channel_shuffle.def
 _CONVS = {aten.conv2d.default, aten.convolution.default}
 _RELUS = {aten.relu.default, aten.relu_.default}
 _MAX_POOLS = {aten.max_pool2d.default, aten.max_pool2d_with_indices.default}
-# The dtypes of the native pool3x3 kernel: a rewritten pooling must run wherever the original ran.
-_POOL_DTYPES = {torch.float32, torch.float64, torch.bfloat16}
 
 SHUFFLE_OP = "channel shuffle written as torch.channel_shuffle / nn.ChannelShuffle"
 SHUFFLE_IDIOM = "channel shuffle written as reshape -> transpose -> reshape"
@@ -78,6 +79,7 @@ OTHER_CONV = "BatchNorm folded into another conv"
 MAX_POOL = "3x3 max pool (max_pool3x3)"
 AVG_POOL = "3x3 average pool (avg_pool3x3)"
 ADD_RELU = "add + ReLU, the ReLU in place on the sum"
+RESIDUAL_ADD_RELU = "add + ReLU fused into the 1x1 conv computing one addend (residual)"
 PARAMETER_COMPUTATION = "computation on parameters alone, done once at fuse time"
 
 
@@ -251,14 +253,15 @@ def _erase_unused(graph: fx.Graph, nodes) -> None:
 
 @dataclass
 class _Rewrite:
-    """A matched pattern: the uses of ``result`` go to ``function(*args)``, inserted before the
-    matched node; then the nodes of ``replaced`` left unused are erased, in that order."""
+    """A matched pattern: the uses of ``result`` go to ``function(*args, **kwargs)``, inserted
+    before the matched node; then the nodes of ``replaced`` left unused are erased, in that order."""
 
     function: Callable
     args: tuple
     result: fx.Node
     replaced: list
     pattern: str
+    kwargs: dict = field(default_factory=dict)
 
 
 def _rewrite_matches(graph: fx.Graph, report: FuseReport, match: Callable[[fx.Node], _Rewrite | None]) -> None:
@@ -270,7 +273,7 @@ def _rewrite_matches(graph: fx.Graph, report: FuseReport, match: Callable[[fx.No
         if rewrite is None:
             continue
         with graph.inserting_before(node):
-            new = graph.call_function(rewrite.function, rewrite.args)
+            new = graph.call_function(rewrite.function, rewrite.args, rewrite.kwargs)
         new.meta["val"] = rewrite.result.meta.get("val")
         rewrite.result.replace_all_uses_with(new)
         _erase_unused(graph, rewrite.replaced)
@@ -401,8 +404,12 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
         if node.graph is not graph:
             continue
         pointwise = _pointwise_conv(node)
+        if pointwise is not None and not _runs_on(pointwise_group_conv, _val(pointwise[0])):
+            pointwise = None
         # The depthwise op only speeds up inference: its backward is stock.
         depthwise = None if pointwise is not None or report.training else _depthwise_conv(node)
+        if depthwise is not None and not _runs_on(depthwise_conv3x3, _val(depthwise[0])):
+            depthwise = None
         other = None if pointwise is not None or depthwise is not None else _other_conv(node)
         if pointwise is None and depthwise is None and other is None:
             continue
@@ -530,6 +537,31 @@ def _fold_parameter_computations(gm: fx.GraphModule, report: FuseReport) -> None
     _delete_unused_attributes(gm, attributes_before)
 
 
+# A one-element problem for each fused function, to ask its kernel whether it runs a dtype.
+_PROBES = {
+    pointwise_group_conv: lambda t: pointwise_group_conv(t, t),
+    depthwise_conv3x3: lambda t: depthwise_conv3x3(t, t.expand(1, 1, 3, 3)),
+    max_pool3x3: max_pool3x3,
+    avg_pool3x3: avg_pool3x3,
+}
+
+
+@functools.cache
+def _kernel_runs(function: Callable, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``function`` runs tensors of ``dtype`` on ``device``: a rewritten op must run
+    wherever the original ran. Asked of the kernel itself, so no list of dtypes is kept here."""
+    try:
+        with torch.no_grad():
+            _PROBES[function](torch.zeros(1, 1, 1, 1, dtype=dtype, device=device))
+    except (TypeError, NotImplementedError):
+        return False
+    return True
+
+
+def _runs_on(function: Callable, x: torch.Tensor) -> bool:
+    return _kernel_runs(function, x.device, x.dtype)
+
+
 def _pair(value) -> tuple:
     """An ``int[2]`` argument as a tuple of two (an int or a one-element list stands for both)."""
     values = [value] if isinstance(value, int) else list(value)
@@ -543,7 +575,8 @@ def _pool3x3(node: fx.Node):
         return None
     a = _call_arguments(node)
     x = _val(a["self"])
-    if x is None or x.dim() != 4 or x.dtype not in _POOL_DTYPES:
+    rewrite_to = avg_pool3x3 if node.target is aten.avg_pool2d.default else max_pool3x3
+    if x is None or x.dim() != 4 or not _runs_on(rewrite_to, x):
         return None
     kernel = _pair(a["kernel_size"])
     stride = _pair(a["stride"]) or kernel  # an empty stride is the kernel size
@@ -571,9 +604,29 @@ def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.add(a, b).relu_()
 
 
+def _conv_without_epilogue(node) -> dict | None:
+    """The arguments of ``pointwise_group_conv`` for ``node`` if it computes a 1x1 conv (stock, the
+    fused function or the registered op) with no ReLU or residual yet, and nothing else uses its
+    output."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or len(node.users) != 1:
+        return None
+    if node.target is pointwise_group_conv:
+        a = dict(zip(("x", "weight", "bias", "groups"), node.args)) | node.kwargs
+    elif node.target is torch.ops.shufflenet_ops.pointwise_group_conv.default:
+        a = _call_arguments(node)
+    elif (stock := _pointwise_conv(node)) is not None and _runs_on(pointwise_group_conv, _val(stock[0])):
+        a = dict(zip(("x", "weight", "bias", "groups"), stock))
+    else:
+        return None
+    if a.get("relu") or a.get("residual") is not None:
+        return None
+    return a
+
+
 def _add_relu(node: fx.Node):
-    """The rewrite to ``add_relu`` if ``node`` is a ReLU of ``a + b`` over two tensors of the same
-    shape and dtype, the sum used by nothing else."""
+    """If ``node`` is a ReLU of ``a + b`` over two tensors of the same shape and dtype, the sum used
+    by nothing else: the rewrite to a ``pointwise_group_conv`` computing ``a`` that adds ``b`` and
+    the ReLU in its epilogue, else to ``add_relu``."""
     if not _is_call(node, _RELUS):
         return None
     add = node.args[0]
@@ -583,4 +636,12 @@ def _add_relu(node: fx.Node):
     x, y = _val(a["self"]), _val(a["other"])
     if a["alpha"] != 1 or x is None or y is None or not _same_shape(x, y) or x.dtype != y.dtype:
         return None
+    for conv, residual in ((a["self"], a["other"]), (a["other"], a["self"])):
+        conv_arguments = _conv_without_epilogue(conv)
+        if conv_arguments is not None:
+            c = conv_arguments
+            kwargs = {"input_shuffle": c.get("input_shuffle"), "output_shuffle": c.get("output_shuffle"),
+                      "relu": True, "residual": residual}
+            return _Rewrite(pointwise_group_conv, (c["x"], c["weight"], c["bias"], c["groups"]), node,
+                            [node, add, conv], RESIDUAL_ADD_RELU, kwargs)
     return _Rewrite(add_relu, (a["self"], a["other"]), node, [node, add], ADD_RELU)

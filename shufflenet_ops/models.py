@@ -9,8 +9,8 @@ with the BatchNorm's parameters stored in shuffled channel order.
 
 In training mode the BatchNorms normalize with batch statistics. In eval mode
 each BatchNorm is folded into the conv before it (at every call, so the weights
-and running statistics stay the trainable, checkpointed ones) and the ReLUs run
-inside the fused convs.
+and running statistics stay the trainable, checkpointed ones) and the ReLUs, and
+a unit's residual add, run inside the fused convs.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class ShuffleUnit(nn.Module):
         y = self.depthwise_bn(self.depthwise(y))
         return self.expand_bn(self.expand(y))
 
-    def _folded(self, x: torch.Tensor, relu_after: bool) -> torch.Tensor:
+    def _folded(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The branch with the BatchNorms folded, ReLU-ed, plus ``residual`` (before the ReLU)."""
         compress, expand = self.compress, self.expand
         weight, bias = _fold_batch_norm(compress.weight, self.compress_bn, compress.output_shuffle)
         y = pointwise_group_conv(
@@ -157,16 +158,17 @@ class ShuffleUnit(nn.Module):
         weight, bias = _fold_batch_norm(self.depthwise.weight, self.depthwise_bn)
         y = depthwise_conv3x3(y, weight, bias, self.stride)
         weight, bias = _fold_batch_norm(expand.weight, self.expand_bn)
-        return pointwise_group_conv(y, weight, bias, expand.groups, relu=relu_after)
+        return pointwise_group_conv(y, weight, bias, expand.groups, relu=True, residual=residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
-            main = self._batch_statistics(x) if self.training else self._folded(x, relu_after=False)
-            return F.relu(x + main)
+            if self.training:
+                return F.relu(x + self._batch_statistics(x))
+            return self._folded(x, residual=x)  # the add and the ReLU in the last conv's epilogue
         shortcut = F.relu(F.avg_pool2d(x, 3, 2, 1))
         if self.training:
             return torch.cat((shortcut, F.relu(self._batch_statistics(x))), 1)
-        return torch.cat((shortcut, self._folded(x, relu_after=True)), 1)
+        return torch.cat((shortcut, self._folded(x)), 1)
 
 
 class ShuffleNetV1(nn.Module):

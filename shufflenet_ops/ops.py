@@ -65,8 +65,8 @@ def _register_fake_kernels(family: OpFamily) -> OpFamily:
         return _empty(x.shape, x, suggest_memory_format(x))
 
     @torch.library.register_fake(family.qualname("pointwise_group_conv"))
-    def _(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
-        check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
+    def _(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual=None):
+        check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, residual)
         n, _, h, w = x.shape
         return _empty((n, weight.shape[0], h, w), x, suggest_memory_format(x))
 

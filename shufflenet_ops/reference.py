@@ -21,19 +21,21 @@ def pointwise_group_conv(
     input_shuffle: int | None = None,
     output_shuffle: int | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``channel_shuffle(act(conv2d(channel_shuffle(x, input_shuffle), weight, bias,
-    groups=groups)), output_shuffle)``; a shuffle of ``None`` or 1 is skipped."""
+    """``act(channel_shuffle(conv2d(channel_shuffle(x, input_shuffle), weight, bias,
+    groups=groups), output_shuffle) + residual)``; a shuffle of ``None`` or 1 is
+    skipped, and so is the residual when ``None``."""
     if input_shuffle not in (None, 1):
         x = channel_shuffle(x, input_shuffle)
     if weight.dim() == 2:
         weight = weight[:, :, None, None]
     y = F.conv2d(x, weight, bias, groups=groups)
-    if relu:
-        y = F.relu(y)
     if output_shuffle not in (None, 1):
         y = channel_shuffle(y, output_shuffle)
-    return y
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
 
 
 def depthwise_conv3x3(

@@ -17,6 +17,7 @@ def conv_args(**overrides):
         groups=3,
         input_shuffle=1,
         output_shuffle=3,
+        residual=None,
     )
     args.update(overrides)
     return args
@@ -51,6 +52,14 @@ CONV_CASES = {
         r"x to be a floating-point tensor",
     ),
     "device-mismatch": (dict(weight=torch.randn(6, 4, 1, 1, device="meta")), ValueError, r"weight to be on the same device as x"),
+    "residual-shape": (dict(residual=torch.randn(2, 6, 4, 3)), ValueError,
+                       r"residual of the output's shape \[N, C_out, H, W\] = \[2, 6, 4, 4\], got \[2, 6, 4, 3\]"),
+    "residual-rank": (dict(residual=torch.randn(2, 6, 16)), ValueError, r"residual of the output's shape"),
+    "residual-channels": (dict(residual=torch.randn(2, 12, 4, 4)), ValueError, r"residual of the output's shape"),
+    "residual-dtype": (dict(residual=torch.randn(2, 6, 4, 4, dtype=torch.float64)), TypeError,
+                       r"residual to have the same dtype as x"),
+    "residual-device": (dict(residual=torch.randn(2, 6, 4, 4, device="meta")), ValueError,
+                        r"residual to be on the same device as x"),
 }
 
 
@@ -60,8 +69,8 @@ def test_public_pointwise_group_conv(case, backend):
     overrides, error, pattern = CONV_CASES[case]
     a = conv_args(**overrides)
     with pytest.raises(error, match=pattern):
-        so.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"],
-                                input_shuffle=a["input_shuffle"], output_shuffle=a["output_shuffle"], backend=backend)
+        so.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"], input_shuffle=a["input_shuffle"],
+                                output_shuffle=a["output_shuffle"], residual=a["residual"], backend=backend)
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES))
@@ -69,7 +78,8 @@ def test_registered_op_called_directly(case):
     overrides, error, pattern = CONV_CASES[case]
     a = conv_args(**overrides)
     with pytest.raises(error, match=pattern):
-        OPS.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"], a["input_shuffle"], a["output_shuffle"], False)
+        OPS.pointwise_group_conv(a["x"], a["weight"], a["bias"], a["groups"], a["input_shuffle"], a["output_shuffle"], False,
+                                 a["residual"])
 
 
 def test_unsupported_floating_dtype_names_the_supported_ones():
@@ -102,6 +112,8 @@ def test_non_tensor_input():
         so.pointwise_group_conv(torch.randn(1, 1, 2, 2), [[1.0]])
     with pytest.raises(TypeError, match=r"bias to be a torch.Tensor"):
         so.pointwise_group_conv(torch.randn(1, 1, 2, 2), torch.randn(1, 1), [0.0])
+    with pytest.raises(TypeError, match=r"residual to be a torch.Tensor"):
+        so.pointwise_group_conv(torch.randn(1, 1, 2, 2), torch.randn(1, 1), residual=[[[[0.0]]]])
     with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
         so.channel_shuffle(3.0, 1)
 

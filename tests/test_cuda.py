@@ -101,6 +101,36 @@ def test_forward_and_gradients(shape, dtype, channels_last, placement, relu):
 
 
 @needs_kernels
+@pytest.mark.parametrize("residual_channels_last", [False, True], ids=["residual_nchw", "residual_channels_last"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_residual(dtype, channels_last, residual_channels_last):
+    n, c_in, c_out, h, w_, groups, input_shuffle, output_shuffle = SHAPES[0]
+    x, w, b = conv_inputs(n, c_in, c_out, h, w_, groups, dtype, channels_last=channels_last, device=DEVICE, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    residual = torch.randn(n, c_out, h, w_, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+    if residual_channels_last:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    residual.requires_grad_()
+    kwargs = dict(input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=True)
+    y = so.pointwise_group_conv(x, w, b, groups, residual=residual, backend="native", **kwargs)
+    assert y.is_contiguous(memory_format=suggest_memory_format(x))
+    x64, w64, b64, r64 = float64_leaves(x, w, b, residual)
+    assert_close_to(y, so.reference.pointwise_group_conv(x64, w64, b64, groups, residual=r64, **kwargs), dtype,
+                    "forward")
+
+    grad_out = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+    grads = torch.autograd.grad(y, (x, w, b, residual), grad_out)
+    # The ReLU mask is the tested output's: compare the backward, not the rounding of outputs near zero.
+    masked = grad_out.double() * (y > 0)
+    linear = so.reference.pointwise_group_conv(x64, w64, b64, groups, residual=r64,
+                                               **kwargs | {"relu": False})
+    expected = torch.autograd.grad(linear, (x64, w64, b64, r64), masked)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias", "grad_residual"), grads, expected):
+        assert_close_to(got, want, dtype, name)
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_non_dense_inputs_and_2d_weight(dtype):
     x, w, b = conv_inputs(2, 12, 9, 6, 9, 3, dtype, device=DEVICE)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import shufflenet_ops as so
-from shufflenet_ops.fuse import ADD_RELU, AVG_POOL, MAX_POOL, PARAMETER_COMPUTATION, FuseError
+from shufflenet_ops.fuse import (ADD_RELU, AVG_POOL, MAX_POOL, PARAMETER_COMPUTATION, RESIDUAL_ADD_RELU,
+                                 FuseError)
 from shufflenet_ops.models import shufflenet_v1_unfused
 from tests.stock_shufflenet import randomize_batch_norms
 
@@ -179,11 +180,12 @@ def test_published_style_shufflenet_v1(mode, shuffle_after_depthwise):
     else:  # a train-mode BatchNorm sits between the conv and the shuffle: not exact to fuse
         assert report.counts["shuffle left standalone (so.channel_shuffle)"] == 16
     # the stem's max pool, the average-pooled shortcut of the 3 stride-2 units, the residual
-    # add + ReLU of the 13 others: rewritten in eval only
+    # add + ReLU of the 13 others (into the epilogue of the 1x1 conv before it): rewritten in eval only
     eval_mode = mode == "eval"
     assert report.counts[MAX_POOL] == int(eval_mode)
     assert report.counts[AVG_POOL] == 3 * eval_mode
-    assert report.counts[ADD_RELU] == 13 * eval_mode
+    assert report.counts[RESIDUAL_ADD_RELU] == 13 * eval_mode
+    assert report.counts[ADD_RELU] == 0
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
 
 
@@ -199,11 +201,54 @@ def test_library_model_zoo(mode):
     batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     # In eval the model folds each BatchNorm at every call: fused, each folding is done once.
     assert fused.fuse_report.counts[PARAMETER_COMPUTATION] == 2 * batch_norms * (mode == "eval")
+    if mode == "eval":  # the 13 stride-1 units add their input in the last conv's epilogue already
+        with_residual = [n for n in fused.graph.nodes if n.target is torch.ops.shufflenet_ops.pointwise_group_conv.default
+                         and len(n.args) > 7 and n.args[7] is not None]
+        assert len(with_residual) == 13
     if mode == "eval":  # what is left is the network itself
         ops = {n.target.__name__.split(".")[0] for n in fused.graph.nodes
                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)}
         assert ops <= {"conv2d", "relu", "cat", "mean", "linear", "pointwise_group_conv", "depthwise_conv3x3"}, ops
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=torch.float64), train=mode == "train")
+
+
+class Residuals(nn.Module):
+    """relu(conv + x) forms: fused into the conv's epilogue, or left to add_relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(12, 12, 1, groups=3) for _ in range(4))
+        self.bn = nn.BatchNorm2d(12)
+
+    def forward(self, x):
+        a = F.relu(x + self.bn(self.convs[0](x)))  # the conv second: fused
+        b = F.relu(self.convs[1](a) + a)  # fused
+        c = self.convs[2](b)
+        d = F.relu(c + b) * c  # the conv's output has another user: add_relu
+        e = F.relu(F.relu(self.convs[3](d)) + d)  # the conv has its ReLU already: add_relu
+        return e
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_residual_add_relu_into_the_conv_epilogue(channels_last):
+    model = randomize_batch_norms(Residuals()).eval()
+    x = torch.randn(2, 12, 5, 6)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with pytest.warns(UserWarning, match="found no channel shuffle"):
+        fused = so.fuse(copy.deepcopy(model), x)
+    assert fused.fuse_report.counts[RESIDUAL_ADD_RELU] == 2
+    assert fused.fuse_report.counts[ADD_RELU] == 2
+    residual_convs = [n for n in fused.graph.nodes if n.kwargs.get("residual") is not None]
+    assert len(residual_convs) == 2 and all(n.kwargs["relu"] for n in residual_convs)
+    x = torch.randn(3, 12, 5, 6)  # another batch size than the example's
+    x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, actual = model(x_ref), fused(x_fused)
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    actual.backward(grad)
+    torch.testing.assert_close(x_fused.grad, x_ref.grad)
 
 
 class ParameterComputations(nn.Module):
@@ -477,10 +522,32 @@ def test_pools_and_add_relu(mode):
     torch.testing.assert_close(x_fused.grad, x_ref.grad)
 
 
-def test_pools_in_a_dtype_the_kernel_lacks_are_left():
-    model = nn.Sequential(nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(3, 1, 1)).eval().half()
-    with pytest.warns(UserWarning, match="found no channel shuffle"):
-        fused = so.fuse(model, torch.randn(2, 3, 8, 8, dtype=torch.float16))
-    assert fused.fuse_report.counts[MAX_POOL] == fused.fuse_report.counts[AVG_POOL] == 0
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float16)
+class EveryRewrite(nn.Module):
+    """One of each pattern so.fuse rewrites to a fused op."""
+
+    def __init__(self):
+        super().__init__()
+        self.pointwise = nn.Sequential(nn.Conv2d(12, 12, 1, groups=3), nn.BatchNorm2d(12), nn.ReLU())
+        self.shuffle = nn.ChannelShuffle(3)
+        self.depthwise = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.BatchNorm2d(12))
+        self.expand = nn.Conv2d(12, 12, 1, groups=3)
+        self.pools = nn.Sequential(nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(3, 1, 1))
+
+    def forward(self, x):
+        y = self.depthwise(self.shuffle(self.pointwise(x)))
+        return self.pools(F.relu(self.expand(y) + x))
+
+
+def test_ops_in_a_dtype_the_kernel_lacks_are_left():
+    """float16 on CPU: the native kernels do not run it, so nothing is rewritten onto them."""
+    model = randomize_batch_norms(EveryRewrite()).eval().half()
+    x = torch.randn(2, 12, 8, 8, dtype=torch.float16)
+    fused = so.fuse(model, x)
+    rewritten_to_kernels = [MAX_POOL, AVG_POOL, RESIDUAL_ADD_RELU, "3x3 depthwise conv, with its BatchNorm/ReLU "
+                            "(depthwise_conv3x3)", "shuffle fused into the preceding 1x1 conv"]
+    assert all(fused.fuse_report.counts[pattern] == 0 for pattern in rewritten_to_kernels)
     torch.testing.assert_close(fused(x), model(x))
+    # The same model in float32 has every pattern rewritten.
+    fused32 = so.fuse(model.float(), x.float())
+    assert all(fused32.fuse_report.counts[pattern] == 1 for pattern in rewritten_to_kernels)
+    torch.testing.assert_close(fused32(x.float()), model(x.float()), atol=1e-5, rtol=1e-5)

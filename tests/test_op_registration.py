@@ -3,7 +3,6 @@ kernels, autograd registration), gradcheck in float64, and torch.compile."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import shufflenet_ops as so
 from tests.utils import assert_close_to, conv_inputs, float64_leaves
@@ -22,6 +21,10 @@ def conv_samples():
             for xx in layouts(x.detach()):
                 yield (xx.requires_grad_(), w, b, 3, input_shuffle, output_shuffle, relu)
             yield (x, w, None, 3, input_shuffle, output_shuffle, relu)
+            residual = torch.randn(2, 6, 3, 5)
+            for rr in (residual[..., 1:].contiguous(), residual[..., 1:].contiguous(memory_format=torch.channels_last),
+                       residual[..., 1:]):
+                yield (x, w, b, 3, input_shuffle, output_shuffle, relu, rr.requires_grad_())
 
 
 @pytest.mark.parametrize("args", list(conv_samples()))
@@ -64,6 +67,19 @@ def test_gradcheck(relu, shuffles, channels_last):
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_with_residual(relu, channels_last):
+    x, w, b = conv_inputs(2, 12, 6, 3, 3, 3, torch.float64, channels_last=channels_last, seed=4)
+    residual = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b, residual):
+        return so.pointwise_group_conv(x, w, b, 3, input_shuffle=3, output_shuffle=2, relu=relu, residual=residual)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b, residual))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b, residual))
+
+
 @pytest.mark.parametrize("shuffles", [(1, 1), (3, 2), (2, 6)])
 def test_gradcheck_backward_ops(shuffles):
     """Each backward op differentiated on its own, in every tensor argument."""
@@ -85,21 +101,23 @@ class CountOps(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("wanted", ["x", "weight", "bias"])
+@pytest.mark.parametrize("wanted", ["x", "weight", "bias", "residual"])
 def test_backward_computes_only_the_gradients_asked_for(wanted):
     x, w, b = conv_inputs(2, 12, 6, 3, 3, 3, torch.float32)
-    leaves = {"x": x, "weight": w, "bias": b}
-    y = so.pointwise_group_conv(x, w, b, 3, output_shuffle=3, relu=True)
+    residual = torch.randn(2, 6, 3, 3, requires_grad=True)
+    leaves = {"x": x, "weight": w, "bias": b, "residual": residual}
+    y = so.pointwise_group_conv(x, w, b, 3, output_shuffle=3, relu=True, residual=residual)
     grad = torch.randn_like(y)
     with CountOps() as counted:
         (got,) = torch.autograd.grad(y, leaves[wanted], grad)
     op_of = {"x": "grad_input", "weight": "grad_weight", "bias": "grad_bias"}
     ran = {name for name, op in op_of.items() if f"shufflenet_ops::pointwise_group_conv_{op}" in counted.names}
-    assert ran == {wanted}
+    assert ran == ({wanted} if wanted in op_of else set())  # the residual's gradient is the masked output's
 
-    x64, w64, b64 = float64_leaves(x, w, b)
-    y64 = so.reference.pointwise_group_conv(x64, w64, b64, 3, output_shuffle=3, relu=True)
-    (expected,) = torch.autograd.grad(y64, {"x": x64, "weight": w64, "bias": b64}[wanted], grad.double())
+    leaves64 = dict(zip(leaves, float64_leaves(*leaves.values())))
+    y64 = so.reference.pointwise_group_conv(leaves64["x"], leaves64["weight"], leaves64["bias"], 3,
+                                            output_shuffle=3, relu=True, residual=leaves64["residual"])
+    (expected,) = torch.autograd.grad(y64, leaves64[wanted], grad.double())
     assert_close_to(got, expected, torch.float32, f"grad {wanted}")
 
 
@@ -119,8 +137,7 @@ class ShuffleUnit(torch.nn.Module):
         y = impl.pointwise_group_conv(x, self.compress, self.compress_bias, self.groups,
                                       output_shuffle=self.groups, relu=True)
         y = self.depthwise(y)
-        y = impl.pointwise_group_conv(y, self.expand, None, self.groups)
-        return F.relu(x + y)
+        return impl.pointwise_group_conv(y, self.expand, None, self.groups, relu=True, residual=x)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -9,7 +9,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 import shufflenet_ops as so
-from tests.utils import assert_close_to, conv_inputs, float64_leaves
+from tests.utils import assert_close_to, conv_inputs, float64_leaves, random_residual
 
 # (N, C_in, C_out, H, W, groups)
 SHUFFLENET_SHAPES = [
@@ -45,15 +45,23 @@ def resolve(placement, groups, c_in, c_out):
 
 
 def check_against_reference(n, c_in, c_out, h, w, groups, dtype, *, placement, bias, relu, channels_last,
-                            make_input=lambda x: x, backend="native"):
+                            make_input=lambda x: x, backend="native", residual_format=None):
+    """With ``residual_format`` (a memory format), a residual of the output's shape is added too."""
     input_shuffle, output_shuffle = resolve(placement, groups, c_in, c_out)
     x, weight, b = conv_inputs(n, c_in, c_out, h, w, groups, dtype, bias=bias, channels_last=channels_last)
     kwargs = dict(input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu)
+    residual = None
+    if residual_format is not None:
+        with torch.no_grad():
+            conv64 = so.reference.pointwise_group_conv(make_input(x.double()), weight.double(),
+                                                       None if b is None else b.double(), groups,
+                                                       **kwargs | {"relu": False})
+        residual = random_residual(conv64, dtype, channels_last=residual_format == torch.channels_last)
     x_in = make_input(x)
-    y = so.pointwise_group_conv(x_in, weight, b, groups, backend=backend, **kwargs)
+    y = so.pointwise_group_conv(x_in, weight, b, groups, backend=backend, residual=residual, **kwargs)
 
-    x64, w64, b64 = float64_leaves(x, weight, b)
-    y64 = so.reference.pointwise_group_conv(make_input(x64), w64, b64, groups, **kwargs)
+    x64, w64, b64, r64 = float64_leaves(x, weight, b, residual)
+    y64 = so.reference.pointwise_group_conv(make_input(x64), w64, b64, groups, residual=r64, **kwargs)
     assert y.shape == y64.shape and y.dtype == dtype
     assert_close_to(y, y64, dtype, "output")
     if y.numel() and backend != "reference":  # the output keeps the input's memory format
@@ -66,6 +74,8 @@ def check_against_reference(n, c_in, c_out, h, w, groups, dtype, *, placement, b
     assert_close_to(weight.grad, w64.grad, dtype, "grad weight")
     if bias:
         assert_close_to(b.grad, b64.grad, dtype, "grad bias")
+    if residual is not None:
+        assert_close_to(residual.grad, r64.grad, dtype, "grad residual")
 
 
 @pytest.mark.parametrize("shape", SHUFFLENET_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -83,6 +93,21 @@ def test_shufflenet_shapes(shape, placement, channels_last, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_edge_shapes(shape, placement, bias, relu, channels_last, dtype):
     check_against_reference(*shape, dtype, placement=placement, bias=bias, relu=relu, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("shape", [SHUFFLENET_SHAPES[1], SHUFFLENET_SHAPES[4], *EDGE_SHAPES],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("placement", ["none", "both"])
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("residual_layout", ["same", "other"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_residual(shape, placement, relu, channels_last, residual_layout, dtype):
+    # "other": the residual in the other memory format than x (and the output).
+    same = torch.channels_last if channels_last else torch.contiguous_format
+    other = torch.contiguous_format if channels_last else torch.channels_last
+    check_against_reference(*shape, dtype, placement=placement, bias=True, relu=relu, channels_last=channels_last,
+                            residual_format=same if residual_layout == "same" else other)
 
 
 @pytest.mark.parametrize("tail", range(1, 9))

@@ -13,7 +13,7 @@ from torch._prims_common import suggest_memory_format
 import shufflenet_ops as so
 from shufflenet_ops import backends
 from shufflenet_ops.ops import OpFamily
-from tests.utils import assert_close_to, conv_inputs, float64_leaves
+from tests.utils import assert_close_to, conv_inputs, float64_leaves, random_residual
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -37,14 +37,22 @@ CASES = {
 }
 
 
-def check_conv(case, dtype, channels_last, make_input=lambda x: x):
+def check_conv(case, dtype, channels_last, make_input=lambda x: x, residual_channels_last=None):
+    """With ``residual_channels_last`` (True or False), a residual in that layout is added too."""
     n, c_in, c_out, h, w, groups, input_shuffle, output_shuffle, bias, relu = case
     x, weight, b = conv_inputs(n, c_in, c_out, h, w, groups, dtype, bias=bias, channels_last=channels_last,
                                device=DEVICE)  # fmt: skip
     kwargs = dict(input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu)
-    y = so.pointwise_group_conv(make_input(x), weight, b, groups, backend="triton", **kwargs)
-    x64, w64, b64 = float64_leaves(x, weight, b)
-    y64 = so.reference.pointwise_group_conv(make_input(x64), w64, b64, groups, **kwargs)
+    residual = None
+    if residual_channels_last is not None:
+        with torch.no_grad():
+            conv64 = so.reference.pointwise_group_conv(make_input(x.double()), weight.double(),
+                                                       None if b is None else b.double(), groups,
+                                                       **kwargs | {"relu": False})
+        residual = random_residual(conv64, dtype, channels_last=residual_channels_last)
+    y = so.pointwise_group_conv(make_input(x), weight, b, groups, backend="triton", residual=residual, **kwargs)
+    x64, w64, b64, r64 = float64_leaves(x, weight, b, residual)
+    y64 = so.reference.pointwise_group_conv(make_input(x64), w64, b64, groups, residual=r64, **kwargs)
     assert y.shape == y64.shape and y.dtype == dtype
     assert y.is_contiguous(memory_format=suggest_memory_format(make_input(x)))
     assert_close_to(y, y64, dtype, "output")
@@ -57,6 +65,8 @@ def check_conv(case, dtype, channels_last, make_input=lambda x: x):
     assert_close_to(weight.grad, w64.grad, dtype, "grad weight")
     if bias:
         assert_close_to(b.grad, b64.grad, dtype, "grad bias")
+    if residual is not None:
+        assert_close_to(residual.grad, r64.grad, dtype, "grad residual")
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -64,6 +74,14 @@ def check_conv(case, dtype, channels_last, make_input=lambda x: x):
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_pointwise_group_conv_matches_reference(case, dtype, channels_last):
     check_conv(case, dtype, channels_last)
+
+
+@pytest.mark.parametrize("residual_channels_last", [False, True], ids=["residual_nchw", "residual_channels_last"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ["g3-both-shuffles", "g8-output-shuffle", "empty-batch"])
+def test_residual_matches_reference(case, dtype, channels_last, residual_channels_last):
+    check_conv(CASES[case], dtype, channels_last, residual_channels_last=residual_channels_last)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -156,6 +174,10 @@ def test_bad_input_to_the_registered_ops_raises():
         TRITON.pointwise_group_conv(x, weight, b, 3, 1, 5, False)
     with pytest.raises(ValueError, match=r"expected x to be a 4-D tensor"):
         TRITON.pointwise_group_conv(x[0], weight, b, 3, 1, 1, False)
+    with pytest.raises(ValueError, match=r"expected residual of the output's shape \[N, C_out, H, W\] = \[2, 18, 3, 4\]"):
+        TRITON.pointwise_group_conv(x, weight, b, 3, 1, 1, False, torch.randn(2, 12, 3, 4, device=DEVICE))
+    with pytest.raises(TypeError, match=r"expected residual to have the same dtype as x"):
+        TRITON.pointwise_group_conv(x, weight, b, 3, 1, 1, False, torch.randn(2, 18, 3, 4, device=DEVICE).double())
     with pytest.raises(ValueError, match=r"expected grad_out.size\(1\) \(12\) to equal weight.size\(0\) \(18\)"):
         TRITON.grad_input(grad[:, :12], weight, 3, 1, 1)
     with pytest.raises(ValueError, match=r"to agree in N, H and W"):
@@ -175,6 +197,8 @@ def opcheck_cases():
     return {
         "forward": (TRITON.pointwise_group_conv, (x.requires_grad_(), weight.requires_grad_(), b, 3, 3, 3, True)),
         "forward-channels_last": (TRITON.pointwise_group_conv, (x_cl, weight, None, 3, 1, 3, False)),
+        "forward-residual": (TRITON.pointwise_group_conv,
+                             (x, weight, b, 3, 3, 3, True, torch.randn(2, 18, 3, 4, device=DEVICE, requires_grad=True))),
         "grad_input": (TRITON.grad_input, (grad, weight.detach(), 3, 3, 3)),
         "grad_weight": (TRITON.grad_weight, (grad, x.detach(), 3, 3, 3)),
         "grad_bias": (TRITON.grad_bias, (grad, 3)),

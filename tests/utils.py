@@ -47,3 +47,15 @@ def conv_inputs(n, c_in, c_out, h, w, groups, dtype, *, bias=True, channels_last
 
 def float64_leaves(*tensors):
     return tuple(None if t is None else t.detach().double().requires_grad_(True) for t in tensors)
+
+
+def random_residual(conv_output64: torch.Tensor, dtype, *, channels_last=False, seed=2) -> torch.Tensor:
+    """A residual leaf for a conv whose float64 output (before the residual and the ReLU) is
+    ``conv_output64``. Sums this close to the ReLU's kink could take either side in float32
+    accumulation; they are moved off it, so that every gradient has one right answer."""
+    residual = random_activation(conv_output64.shape, dtype, rng=seed, channels_last=channels_last,
+                                 device=conv_output64.device)
+    with torch.no_grad():
+        near_kink = (conv_output64 + residual.double()).abs() < 1e-2
+        residual = torch.where(near_kink, residual + 0.05, residual)
+    return residual.requires_grad_()

@@ -37,13 +37,15 @@ inline constexpr int kTileRows = kVectorRegisters >= 32 ? 8 : 4;
 
 // Where and how a finished tile is written: out(r, c) goes to
 // out_rows[r][c] (contiguous columns) or out_rows[r][col_offsets[c]], after
-// adding row_bias[r] or col_bias[c] and an optional ReLU.
+// adding row_bias[r] or col_bias[c], the residual at the same place in
+// residual_rows, and an optional ReLU.
 template <typename T>
 struct TileStore {
   T* const* out_rows;
   const int64_t* col_offsets = nullptr;
   const acc_t<T>* row_bias = nullptr;
   const acc_t<T>* col_bias = nullptr;
+  const T* const* residual_rows = nullptr;
   bool relu = false;
 };
 
@@ -57,13 +59,16 @@ inline void store_tile(const TileStore<T>& s, int64_t row0, int64_t rows, int64_
   for (int64_t r = 0; r < rows; ++r) {
     const A* t = tile + r * ld;
     T* out = s.out_rows[row0 + r];
+    const T* residual = s.residual_rows ? s.residual_rows[row0 + r] : nullptr;
     const A row_bias = s.row_bias ? s.row_bias[row0 + r] : A(0);
     if (s.col_offsets == nullptr) {
       for (int64_t c = 0; c < cols; c += L) {
         V v;
         std::memcpy(&v, t + c, sizeof v);
         v += row_bias;
-        if (s.col_bias) v += load_vec_partial(s.col_bias + col0 + c, std::min<int64_t>(L, cols - c));
+        const int64_t width = std::min<int64_t>(L, cols - c);
+        if (s.col_bias) v += load_vec_partial(s.col_bias + col0 + c, width);
+        if (residual) v += width == L ? load_vec(residual + col0 + c) : load_vec_partial(residual + col0 + c, width);
         if (s.relu) v = v > A(0) ? v : V{};
         if (cols - c >= L) {
           store_vec(out + col0 + c, v);
@@ -74,6 +79,7 @@ inline void store_tile(const TileStore<T>& s, int64_t row0, int64_t rows, int64_
     } else {
       for (int64_t c = 0; c < cols; ++c) {
         A v = t[c] + row_bias + (s.col_bias ? s.col_bias[col0 + c] : A(0));
+        if (residual) v += load_scalar(residual + s.col_offsets[col0 + c]);
         if (s.relu) v = v > A(0) ? v : A(0);
         store_scalar(out + s.col_offsets[col0 + c], v);
       }
@@ -114,11 +120,13 @@ inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_co
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
       T* out = direct->out_rows[row0 + r] + out_col0;
+      const T* residual = direct->residual_rows ? direct->residual_rows[row0 + r] + out_col0 : nullptr;
       const A row_bias = direct->row_bias ? direct->row_bias[row0 + r] : A(0);
 #pragma GCC unroll 3
       for (int v = 0; v < Vectors; ++v) {
         V value = acc[r][v] + row_bias;
         if (direct->col_bias) value += load_vec(direct->col_bias + out_col0 + v * L);
+        if (residual) value += load_vec(residual + v * L);
         if (direct->relu) value = value > A(0) ? value : V{};
         store_vec(out + v * L, value);
       }

@@ -97,9 +97,18 @@ RowSplit split_rows(int64_t rows, int64_t base_tasks) {
 
 // ---------------------------------------------------------------- forward
 
+// The epilogue's inputs besides the GEMM: bias (accumulation type, conv
+// channel order), ReLU, and the residual (null or dense like the output).
+template <typename T>
+struct Epilogue {
+  const acc_t<T>* bias;
+  bool relu;
+  const T* residual;
+};
+
 template <typename T>
 void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T* x, const T* w,
-                           const acc_t<T>* bias, bool relu, T* y) {
+                           const Epilogue<T>& e, T* y) {
   const int64_t K = p.in_per_group(), M = p.out_per_group(), HW = p.pixels();
   const int64_t chunk_columns = column_chunk<T>(HW);
   const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
@@ -110,7 +119,7 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
   const RowSplit split = split_rows(M, base_tasks);
   const int64_t grain = grain_for(split.size * K * chunk_columns, kMinMacsPerThread);
   at::parallel_for(0, base_tasks * split.count, grain, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> input_rows(K);
+    std::vector<const T*> input_rows(K), residual_rows(e.residual ? M : 0);
     std::vector<T*> output_rows(M);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t part = task % split.count, base = task / split.count;
@@ -119,13 +128,17 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
       if (m0 >= m1) continue;
       for (int64_t k = 0; k < K; ++k)
         input_rows[k] = x + (n * p.in_channels + t.in_channel[j * K + k]) * HW;
-      for (int64_t m = m0; m < m1; ++m)
-        output_rows[m] = y + (n * p.out_channels + t.out_channel[j * M + m]) * HW;
+      for (int64_t m = m0; m < m1; ++m) {
+        const int64_t offset = (n * p.out_channels + t.out_channel[j * M + m]) * HW;
+        output_rows[m] = y + offset;
+        if (e.residual) residual_rows[m] = e.residual + offset;
+      }
       GemmOperands<T> g{weight_rows.data() + j * M + m0, depth_offsets.data(), input_rows.data(), K};
       g.a_rows_contiguous = true;
       TileStore<T> store{output_rows.data() + m0};
-      store.row_bias = bias ? bias + j * M + m0 : nullptr;
-      store.relu = relu;
+      store.row_bias = e.bias ? e.bias + j * M + m0 : nullptr;
+      store.residual_rows = e.residual ? residual_rows.data() + m0 : nullptr;
+      store.relu = e.relu;
       const int64_t col0 = chunk * chunk_columns;
       gemm(g, m1 - m0, col0, std::min(HW, col0 + chunk_columns), store);
     }
@@ -134,7 +147,7 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
 
 template <typename T>
 void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* x, const T* w,
-                         const acc_t<T>* bias, bool relu, T* y) {
+                         const Epilogue<T>& e, T* y) {
   const int64_t K = p.in_per_group(), M = p.out_per_group();
   const int64_t total_pixels = p.batch * p.pixels();
   // Weights transposed to [groups][K][M_padded]: the vector operand.
@@ -150,21 +163,25 @@ void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* 
   const int64_t chunks = (total_pixels + chunk_rows - 1) / chunk_rows;
   const int64_t grain = grain_for(chunk_rows * p.in_channels * M, kMinMacsPerThread);
   at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> pixel_rows(chunk_rows);
+    std::vector<const T*> pixel_rows(chunk_rows), residual_rows(e.residual ? chunk_rows : 0);
     std::vector<T*> output_rows(chunk_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t q0 = chunk * chunk_rows, rows = std::min(chunk_rows, total_pixels - q0);
       for (int64_t r = 0; r < rows; ++r) pixel_rows[r] = x + (q0 + r) * p.in_channels;
       for (int64_t j = 0; j < p.groups; ++j) {
-        for (int64_t r = 0; r < rows; ++r)
-          output_rows[r] = y + (q0 + r) * p.out_channels + (contiguous_out ? j * M : 0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t offset = (q0 + r) * p.out_channels + (contiguous_out ? j * M : 0);
+          output_rows[r] = y + offset;
+          if (e.residual) residual_rows[r] = e.residual + offset;
+        }
         GemmOperands<T> g{pixel_rows.data(), t.in_channel.data() + j * K,
                           packed_rows.data() + j * K, K};
         g.b_rows_padded = true;
         TileStore<T> store{output_rows.data()};
         store.col_offsets = contiguous_out ? nullptr : t.out_channel.data() + j * M;
-        store.col_bias = bias ? bias + j * M : nullptr;
-        store.relu = relu;
+        store.col_bias = e.bias ? e.bias + j * M : nullptr;
+        store.residual_rows = e.residual ? residual_rows.data() : nullptr;
+        store.relu = e.relu;
         gemm(g, rows, 0, M, store);
       }
     }
@@ -173,9 +190,10 @@ void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* 
 
 at::Tensor pointwise_group_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                                     const std::optional<at::Tensor>& bias, int64_t groups,
-                                    int64_t input_shuffle, int64_t output_shuffle, bool relu) {
-  const ConvProblem p =
-      check_pointwise_group_conv(x_in, weight_in, bias, groups, input_shuffle, output_shuffle);
+                                    int64_t input_shuffle, int64_t output_shuffle, bool relu,
+                                    const std::optional<at::Tensor>& residual_in) {
+  const ConvProblem p = check_pointwise_group_conv(x_in, weight_in, bias, groups, input_shuffle,
+                                                   output_shuffle, residual_in);
   check_cpu_dtype(x_in);
   const at::MemoryFormat format = x_in.suggest_memory_format();
   at::Tensor y = at::empty({p.batch, p.out_channels, p.height, p.width},
@@ -183,17 +201,20 @@ at::Tensor pointwise_group_conv_cpu(const at::Tensor& x_in, const at::Tensor& we
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous(format);
   const at::Tensor weight = weight_in.contiguous();
+  // Read at the output's offsets, so dense in the output's layout.
+  const at::Tensor residual = residual_in.has_value() ? residual_in->contiguous(format) : at::Tensor();
   const ChannelTables tables(p);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "pointwise_group_conv_cpu", [&] {
     const std::vector<acc_t<scalar_t>> b = accumulator_copy<scalar_t>(bias);
-    const acc_t<scalar_t>* bias_data = b.empty() ? nullptr : b.data();
+    const Epilogue<scalar_t> epilogue{b.empty() ? nullptr : b.data(), relu,
+                                      residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr};
     if (is_channels_last(y)) {
       forward_pixel_major<scalar_t>(p, tables, x.const_data_ptr<scalar_t>(),
-                                    weight.const_data_ptr<scalar_t>(), bias_data, relu,
+                                    weight.const_data_ptr<scalar_t>(), epilogue,
                                     y.mutable_data_ptr<scalar_t>());
     } else {
       forward_channel_major<scalar_t>(p, tables, x.const_data_ptr<scalar_t>(),
-                                      weight.const_data_ptr<scalar_t>(), bias_data, relu,
+                                      weight.const_data_ptr<scalar_t>(), epilogue,
                                       y.mutable_data_ptr<scalar_t>());
     }
   });

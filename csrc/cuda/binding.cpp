@@ -75,9 +75,10 @@ at::Tensor channel_shuffle_cuda(const at::Tensor& x_in, int64_t groups) {
 
 at::Tensor pointwise_group_conv_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
                                      const std::optional<at::Tensor>& bias_in, int64_t groups,
-                                     int64_t input_shuffle, int64_t output_shuffle, bool relu) {
-  const ConvProblem p =
-      check_pointwise_group_conv(x_in, weight_in, bias_in, groups, input_shuffle, output_shuffle);
+                                     int64_t input_shuffle, int64_t output_shuffle, bool relu,
+                                     const std::optional<at::Tensor>& residual_in) {
+  const ConvProblem p = check_pointwise_group_conv(x_in, weight_in, bias_in, groups, input_shuffle,
+                                                   output_shuffle, residual_in);
   const DType dtype = kernel_dtype("pointwise_group_conv (CUDA)", x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::MemoryFormat format = x_in.suggest_memory_format();
@@ -87,11 +88,14 @@ at::Tensor pointwise_group_conv_cuda(const at::Tensor& x_in, const at::Tensor& w
   const at::Tensor x = x_in.contiguous(format);
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  // Read at the output's offsets, so dense in the output's layout.
+  const at::Tensor residual = residual_in.has_value() ? residual_in->contiguous(format) : at::Tensor();
   ForwardParams params;
   params.shape = conv_shape(p, format);
   params.x = x.const_data_ptr();
   params.weight = weight.const_data_ptr();
   params.bias = bias.defined() ? bias.const_data_ptr() : nullptr;
+  params.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
   params.y = y.mutable_data_ptr();
   params.relu = relu;
   check_launch(launch_pointwise_group_conv(params, dtype, current_stream(x)));

@@ -22,13 +22,14 @@ struct ConvShape {
   bool channels_last = false;
 };
 
-// y = channel_shuffle(act(conv(channel_shuffle(x, input_shuffle)) + bias), output_shuffle).
+// y = act(channel_shuffle(conv(channel_shuffle(x, input_shuffle)) + bias, output_shuffle) + residual).
 struct ForwardParams {
   ConvShape shape;
-  const void* x = nullptr;       // [N, C_in, H, W]
-  const void* weight = nullptr;  // [C_out, C_in / groups], dense
-  const void* bias = nullptr;    // [C_out] or null
-  void* y = nullptr;             // [N, C_out, H, W], same layout as x
+  const void* x = nullptr;         // [N, C_in, H, W]
+  const void* weight = nullptr;    // [C_out, C_in / groups], dense
+  const void* bias = nullptr;      // [C_out] or null
+  const void* residual = nullptr;  // [N, C_out, H, W], same layout as y, or null
+  void* y = nullptr;               // [N, C_out, H, W], same layout as x
   bool relu = false;
 };
 

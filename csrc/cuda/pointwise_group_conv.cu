@@ -1,6 +1,7 @@
 // CUDA forward of the fused pointwise group convolution: per group j,
-// y[out_channel(j M + m)] = act(bias[j M + m] + sum_k w[j M + m, k] x[in_channel(j K + k)])
-// with both channel shuffles folded into the gathered addressing.
+// y[c] = act(bias[j M + m] + sum_k w[j M + m, k] x[in_channel(j K + k)] + residual[c])
+// at c = out_channel(j M + m), with both channel shuffles folded into the
+// gathered addressing.
 #include "../kernels/shuffle_index.h"
 #include "gathered_gemm.cuh"
 #include "launch.h"
@@ -23,6 +24,7 @@ struct ForwardProblem {
   const T* a;  // weight
   const T* b;  // x
   const T* bias;
+  const T* residual;  // laid out like y
   T* y;
   bool relu;
 
@@ -46,6 +48,7 @@ struct ForwardProblem {
   __device__ int64_t out_col(const TileCoord&, int64_t q) const { return out.pixel_offset(q); }
   __device__ void store(const TileCoord& tc, int64_t m, int64_t offset, Acc v) const {
     if (bias != nullptr) v += Element<T>::to_acc(bias[tc.group * M + m]);
+    if (residual != nullptr) v += Element<T>::to_acc(residual[offset]);
     if (relu && v < Acc(0)) v = Acc(0);  // NaN passes through, as in F.relu
     y[offset] = Element<T>::from_acc(v);
   }
@@ -63,6 +66,7 @@ cudaError_t launch_typed(const ForwardParams& p, cudaStream_t stream) {
   problem.a = static_cast<const T*>(p.weight);
   problem.b = static_cast<const T*>(p.x);
   problem.bias = static_cast<const T*>(p.bias);
+  problem.residual = static_cast<const T*>(p.residual);
   problem.y = static_cast<T*>(p.y);
   problem.relu = p.relu;
   return dispatch_tile_rows(problem.M, [&](auto rows) {

@@ -122,13 +122,13 @@ def _grad_weight_configs():
 )
 @triton.jit
 def _shuffled_group_gemm_kernel(
-    src_ptr, weight_ptr, bias_ptr, dst_ptr,
+    src_ptr, weight_ptr, bias_ptr, residual_ptr, dst_ptr,
     pixels, image_pixels, groups, reduced_per_group, produced_per_group,
     src_channels, src_shuffle, dst_channels, dst_shuffle,
     src_stride_n, src_stride_c, src_stride_p,
     dst_stride_n, dst_stride_c, dst_stride_p,
     weight_stride_group, weight_stride_reduced, weight_stride_produced,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, GROUP_BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, GROUP_BLOCK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
@@ -174,20 +174,21 @@ def _shuffled_group_gemm_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + group * produced_per_group + produced, mask=group_mask & produced_mask, other=0.0)
         acc += bias.to(tl.float32)
-    if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in F.relu
     dst_channel = shuffle_source(group * produced_per_group + produced, dst_shuffle, dst_channels)
     dst_pixel = pixel_offsets(pixel, image_pixels, dst_stride_n, dst_stride_p)[None, :, None]
-    tl.store(
-        dst_ptr + dst_pixel + dst_channel.to(tl.int64) * dst_stride_c,
-        acc.to(dst_ptr.dtype.element_ty),
-        mask=group_mask & pixel_mask & produced_mask,
-    )
+    dst_offsets = dst_pixel + dst_channel.to(tl.int64) * dst_stride_c
+    store_mask = group_mask & pixel_mask & produced_mask
+    if HAS_RESIDUAL:  # laid out like dst
+        acc += tl.load(residual_ptr + dst_offsets, mask=store_mask, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in F.relu
+    tl.store(dst_ptr + dst_offsets, acc.to(dst_ptr.dtype.element_ty), mask=store_mask)
 
 
 def _shuffled_group_gemm(src, weight_strides, weight, bias, dst, groups, reduced, produced, src_shuffle,
-                         dst_shuffle, relu, channels_last):  # fmt: skip
-    """dst[p, dst_channel(j, o)] = act(sum_r src[p, src_channel(j, r)] * W(j, r, o) + bias)."""
+                         dst_shuffle, relu, channels_last, residual=None):  # fmt: skip
+    """dst[p, c] = act(sum_r src[p, src_channel(j, r)] * W(j, r, o) + bias + residual[p, c]) at
+    c = dst_channel(j, o); ``residual`` is laid out like ``dst``."""
     pixels = src.shape[0] * image_pixels(src)
     if dst.numel() == 0:
         return dst
@@ -199,11 +200,11 @@ def _shuffled_group_gemm(src, weight_strides, weight, bias, dst, groups, reduced
 
     with device_guard(src):
         _shuffled_group_gemm_kernel[grid](
-            src, weight, bias if bias is not None else weight, dst,
+            src, weight, bias if bias is not None else weight, residual if residual is not None else dst, dst,
             pixels, image_pixels(src), groups, reduced, produced,
             src.shape[1], src_shuffle, dst.shape[1], dst_shuffle,
             *pixel_strides(src), *pixel_strides(dst), *weight_strides,
-            HAS_BIAS=bias is not None, RELU=relu, GROUP_BLOCK=group_block,
+            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, RELU=relu, GROUP_BLOCK=group_block,
             DOT_PRECISION=dot_precision(src.dtype), UPCAST_OPERANDS=upcast_dot_operands(src.dtype),
         )  # fmt: skip
     return dst
@@ -213,9 +214,9 @@ def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], weight.shape[1])
 
 
-def pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu):
+def pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual=None):
     op = "pointwise_group_conv"
-    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle)
+    check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, residual)
     check_dtype(x, "x", op)
     x, memory_format = dense(x)
     w = _weight_matrix(weight)
@@ -228,6 +229,7 @@ def pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle,
     return _shuffled_group_gemm(
         x, strides, w, None if bias is None else bias.contiguous(), y, groups, in_per_group, out_per_group,
         input_shuffle, out_channels // output_shuffle, relu, memory_format == torch.channels_last,
+        None if residual is None else residual.contiguous(memory_format=memory_format),
     )  # fmt: skip
 
 
