@@ -23,14 +23,13 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
   without ceil mode or divisor override) becomes ``so.max_pool3x3`` /
   ``so.avg_pool3x3``;
 * in eval, ``relu(a + b)`` over two tensors of the same shape, the sum used
-  only by the ReLU (a residual connection): where ``a`` is a fused 1x1 conv
-  used only by the add, the conv adds ``b`` and applies the ReLU in its
+  only by the ReLU (a residual connection): where ``a`` is a 1x1 conv (stock
+  or fused) used only by the add, the fused conv adds ``b`` and applies the ReLU in its
   epilogue (``residual=b``); otherwise it becomes one add with the ReLU in
   place on its result: the same values and autograd without a second output
   buffer. (ATen's fused ``_add_relu`` is not used: its CPU kernel turns a NaN
   into 0 outside its vector loop and +inf into the largest finite value, and
   it has no CUDA, bfloat16 or autograd kernel.)
-
 * in eval, whatever the model computes from its parameters and buffers alone
   (a BatchNorm it folds itself at every call, weights it reshapes or shuffles)
   is computed once, now, and kept as a buffer; plain views of a parameter stay
@@ -55,6 +54,7 @@ import torch
 from torch import fx, nn
 
 from .functional import avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv
+from .ops import NAMESPACE, NATIVE
 
 __all__ = ["FuseError", "FuseReport", "fuse"]
 
@@ -154,7 +154,7 @@ def _is_library_op(node: fx.Node) -> bool:
     """Whether ``node`` calls one of this library's registered ops: a model built on them (such as
     ``so.models``) has its shuffles fused already."""
     return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and (
-        node.target.namespace == "shufflenet_ops")
+        node.target.namespace == NAMESPACE)
 
 
 def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> fx.GraphModule:
@@ -612,7 +612,7 @@ def _conv_without_epilogue(node) -> dict | None:
         return None
     if node.target is pointwise_group_conv:
         a = dict(zip(("x", "weight", "bias", "groups"), node.args)) | node.kwargs
-    elif node.target is torch.ops.shufflenet_ops.pointwise_group_conv.default:
+    elif node.target is NATIVE.pointwise_group_conv:
         a = _call_arguments(node)
     elif (stock := _pointwise_conv(node)) is not None and _runs_on(pointwise_group_conv, _val(stock[0])):
         a = dict(zip(("x", "weight", "bias", "groups"), stock))
@@ -637,9 +637,8 @@ def _add_relu(node: fx.Node):
     if a["alpha"] != 1 or x is None or y is None or not _same_shape(x, y) or x.dtype != y.dtype:
         return None
     for conv, residual in ((a["self"], a["other"]), (a["other"], a["self"])):
-        conv_arguments = _conv_without_epilogue(conv)
-        if conv_arguments is not None:
-            c = conv_arguments
+        c = _conv_without_epilogue(conv)
+        if c is not None:
             kwargs = {"input_shuffle": c.get("input_shuffle"), "output_shuffle": c.get("output_shuffle"),
                       "relu": True, "residual": residual}
             return _Rewrite(pointwise_group_conv, (c["x"], c["weight"], c["bias"], c["groups"]), node,
