@@ -2,14 +2,16 @@
 v1 1x layer shapes: the fused op against F.conv2d(groups) + torch.channel_shuffle
 (the reference) and against the bare batched matmul of the same GEMMs (what the
 convolution would cost if the shuffle were free). The forward runs under
-torch.inference_mode (no autograd bookkeeping for any contender); the backward is timed alone, from a recorded forward. The
-contenders of each shape are timed in interleaved rounds.
+torch.inference_mode (no autograd bookkeeping for any contender); the backward
+is timed alone, from a recorded forward. The contenders of each shape are timed
+in interleaved rounds; each ratio is the median of its per-round ratios.
 
     python benchmarks/bench_pointwise_group_conv.py [--device cuda] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -54,22 +56,24 @@ def main(argv=None):
     results, rows = [], []
     for shape in common.shufflenet_layer_shapes(batches):
         with torch.inference_mode():
-            times = common.interleaved_medians(forward_fns(shape, device, dtype, args.channels_last), device,
+            rounds = common.interleaved_rounds(forward_fns(shape, device, dtype, args.channels_last), device,
                                                min_run_time, args.rounds)
         if not args.no_backward:
-            times.update(common.interleaved_medians(backward_fns(shape, device, dtype, args.channels_last), device,
+            rounds.update(common.interleaved_rounds(backward_fns(shape, device, dtype, args.channels_last), device,
                                                     min_run_time, args.rounds))
+        times = {name: statistics.median(values) for name, values in rounds.items()}
         ratios = {
-            "speedup_vs_reference": times["reference"] / times["native"],
-            "time_vs_matmul": times["native"] / times[op_level.FLOOR],
-            "reference_vs_matmul": times["reference"] / times[op_level.FLOOR],
+            "speedup_vs_reference": common.paired_ratio(rounds["reference"], rounds["native"]),
+            "time_vs_matmul": common.paired_ratio(rounds["native"], rounds[op_level.FLOOR]),
+            "reference_vs_matmul": common.paired_ratio(rounds["reference"], rounds[op_level.FLOOR]),
         }
         if not args.no_backward:
-            ratios["backward_speedup_vs_reference"] = times["reference_backward"] / times["native_backward"]
+            ratios["backward_speedup_vs_reference"] = common.paired_ratio(rounds["reference_backward"],
+                                                                          rounds["native_backward"])
             # grad_input and grad_weight: two GEMMs of the forward's size.
             for name in BACKWARD:
                 ratios[f"{name}_backward_gflops"] = 4 * shape.macs / times[f"{name}_backward"] / 1e9
-        results.append({"shape": shape, "times_s": times, **ratios})
+        results.append({"shape": shape, "times_s": times, "rounds_s": rounds, **ratios})
         rows.append(
             [shape.name, f"{times['reference'] * 1e6:.0f}", f"{times['native'] * 1e6:.0f}", f"{times[op_level.FLOOR] * 1e6:.0f}",
              f"{ratios['speedup_vs_reference']:.2f}x", f"{ratios['time_vs_matmul']:.2f}",

@@ -1,7 +1,8 @@
 """Shared setup of the op benchmarks: command line, environment and reporting.
 The layer shapes and the timing are the package's own (shufflenet_ops.bench),
 so these scripts and `shufflenet-bench` measure the same way. Every ratio is
-taken from medians measured in the same run."""
+taken from measurements in the same run: a median of per-round ratios where
+contenders are timed in interleaved rounds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from dataclasses import asdict
 import torch
 
 from shufflenet_ops.bench.shapes import LayerShape, shufflenet_layer_shapes  # noqa: F401
-from shufflenet_ops.bench.timing import geometric_mean, interleaved_medians, median_seconds  # noqa: F401
+from shufflenet_ops.bench.timing import (  # noqa: F401
+    geometric_mean, interleaved_medians, interleaved_rounds, median_seconds, paired_ratio)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

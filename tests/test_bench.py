@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet_ops as so
-from shufflenet_ops.bench import anchors, cli
+from shufflenet_ops.bench import anchors, cli, model_level
 
 
 @pytest.mark.parametrize(
@@ -75,12 +75,31 @@ def test_small_run_is_consistent(tmp_path):
 
     assert {(r["mode"], r["variant"]) for r in results["models"]} == {
         (mode, variant) for mode in ("inference", "train step") for variant in ("unfused", "fused")}
+    # Each row's time over the fused model's is paired per round, then the median taken.
+    for r in results["models"]:
+        fused = next(f for f in results["models"] if f["mode"] == r["mode"] and f["variant"] == "fused")
+        paired = sorted(t / f for t, f in zip(r["rounds_seconds"], fused["rounds_seconds"]))
+        assert r["time_vs_fused"] == pytest.approx(paired[len(paired) // 2])
 
 
 @pytest.mark.parametrize("runtime", anchors.RUNTIMES)
 def test_anchor_runs_the_exported_unfused_model(runtime):
     if runtime not in anchors.installed():
         pytest.skip(f"{runtime} (or onnx/onnxscript for the export) is not installed")
-    # measure() first checks the runtime's output against PyTorch's.
-    row = anchors.measure(runtime, batch=2, groups=3, width_mult=0.5, resolution=64, min_run_time=0.01)
-    assert row["variant"] == runtime and row["seconds"] > 0
+    model = so.models.shufflenet_v1_unfused(groups=3, width_mult=0.5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    run = anchors.runner(runtime, model, x)  # the runner itself checks its first output
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(run()), model(x), rtol=1e-3, atol=1e-3)
+
+
+def test_anchors_are_timed_in_the_rounds_of_the_inference_variants():
+    runtimes = anchors.installed()
+    if not runtimes:
+        pytest.skip("no anchor runtime (onnxruntime, openvino with onnx/onnxscript) is installed")
+    rows = model_level.measure(("fused",), training=False, batch=1, groups=3, width_mult=0.5, resolution=64,
+                               device=torch.device("cpu"), dtype=torch.float32, channels_last=False,
+                               min_run_time=0.01, anchor_runtimes=runtimes)
+    assert [r["variant"] for r in rows] == ["fused", *runtimes]
+    for r in rows:
+        assert len(r["rounds_seconds"]) == model_level.ROUNDS

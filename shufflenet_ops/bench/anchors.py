@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 
-from ..models import shufflenet_v1_unfused
-from .timing import median_seconds
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -50,27 +48,15 @@ def _openvino_runner(path: Path, x):
 RUNNERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
 
 
-def measure(runtime: str, *, batch: int, groups: int, width_mult: float, resolution: int,
-            min_run_time: float) -> dict:
-    """Median inference latency of the exported unfused model under ``runtime``
-    (CPU, float32), checked against PyTorch's output first."""
-    torch.manual_seed(0)
-    model = shufflenet_v1_unfused(groups=groups, width_mult=width_mult).eval()
-    x = torch.randn(batch, 3, resolution, resolution)
+def runner(runtime: str, model: torch.nn.Module, x: torch.Tensor):
+    """``runtime``'s inference of ``model`` (stock PyTorch, eval) exported to
+    ONNX, as a callable on ``x``; its output is checked against PyTorch's
+    first."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "shufflenet_v1.onnx"
+        path = Path(folder) / "model.onnx"
         export_onnx(model, x, path)
-        run = RUNNERS[runtime](path, x)
-        with torch.no_grad():
-            expected = model(x)
-        torch.testing.assert_close(torch.from_numpy(run()), expected, rtol=1e-3, atol=1e-3)
-        seconds = median_seconds(run, torch.device("cpu"), min_run_time)
-    return {
-        "model": f"shufflenet_v1 {width_mult}x g{groups}",
-        "variant": runtime,
-        "mode": "inference",
-        "batch": batch,
-        "resolution": resolution,
-        "seconds": seconds,
-        "images_per_s": batch / seconds,
-    }
+        run = RUNNERS[runtime](path, x)  # both runtimes hold the model in memory once loaded
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.from_numpy(run()), expected, rtol=1e-3, atol=1e-3)
+    return run

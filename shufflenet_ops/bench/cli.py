@@ -119,32 +119,30 @@ def run(argv=None) -> dict:
                     op_jobs.append((shape, backend, training))
     model_jobs = []
     if "models" in args.sections:
+        # The anchors run the float32 model on CPU, in the same rounds as the inference variants.
+        anchor_runtimes = anchors.installed() if (
+            device.type == "cpu" and dtype == torch.float32 and not args.no_anchors) else []
         for training in (False, True):
             variants = [v for v in model_level.VARIANTS
                         if v != "compiled" or not (args.no_compile or (training and args.quick))]
             for batch in args.batch_sizes:
-                model_jobs.append((variants, training, batch))
-    anchor_jobs = []
-    if "models" in args.sections and device.type == "cpu" and dtype == torch.float32 and not args.no_anchors:
-        anchor_jobs = [(runtime, batch) for runtime in anchors.installed() for batch in args.batch_sizes]
+                model_jobs.append((variants, [] if training else anchor_runtimes, training, batch))
     theory_models = []
     if "theory" in args.sections:
         theory_models = list(dict.fromkeys(m for pair in theory.WIDTH_PAIRS + theory.GROUP_PAIRS for m in pair))
 
-    progress = report.Progress(len(op_jobs) + len(model_jobs) + len(anchor_jobs) + len(theory_models))
+    progress = report.Progress(len(op_jobs) + len(model_jobs) + len(theory_models))
     op_rows, model_rows, measured_models = [], [], {}
     for shape, backend, training in op_jobs:
         progress.step(f"op {backend} {'fwd+bwd' if training else 'fwd'} {shape.name}")
         op_rows.append(op_level.measure(shape, backend, channels_last=args.channels_last, training=training, **common))
     op_level.add_speedups(op_rows)
-    for variants, training, batch in model_jobs:
-        progress.step(f"model {'train' if training else 'inference'} batch {batch}: {', '.join(variants)}")
+    for variants, anchor_runtimes, training, batch in model_jobs:
+        progress.step(f"model {'train' if training else 'inference'} batch {batch}: "
+                      f"{', '.join(variants + anchor_runtimes)}")
         model_rows += model_level.measure(variants, training=training, batch=batch, groups=3, width_mult=1.0,
-                                          resolution=args.resolution, channels_last=args.channels_last, **common)
-    for runtime, batch in anchor_jobs:
-        progress.step(f"anchor {runtime} inference batch {batch}")
-        model_rows.append(anchors.measure(runtime, batch=batch, groups=3, width_mult=1.0, resolution=args.resolution,
-                                          min_run_time=args.min_run_time))
+                                          resolution=args.resolution, channels_last=args.channels_last,
+                                          anchor_runtimes=anchor_runtimes, **common)
     for width_mult, groups in theory_models:
         progress.step(f"theory {width_mult}x g{groups}")
         measured_models[(width_mult, groups)] = theory.measure_model(width_mult, groups, resolution=args.resolution,
@@ -161,9 +159,9 @@ def run(argv=None) -> dict:
     model_rows.sort(key=lambda r: (r["mode"] != "inference", r["batch"]))
     for r in model_rows:
         r["ms"] = r["seconds"] * 1e3
-    report.print_table("Model level: ShuffleNet v1 1x g3 (median ms)", model_rows,
+    report.print_table("Model level: ShuffleNet v1 1x g3 (median ms; time over fused, paired per round)", model_rows,
                        [("mode", "mode"), ("batch", "batch"), ("variant", "variant"), ("ms", "ms"),
-                        ("images/s", "images_per_s")])
+                        ("images/s", "images_per_s"), ("x fused", "time_vs_fused")])
     report.print_table("Theoretical vs measured speedup (time ratio larger / smaller model, batch 1)", theory_rows,
                        [("pair", "pair"), ("MFLOPs", "mflops_big"), ("vs", "mflops_small"),
                         ("theory", "theoretical"), ("unfused", "measured_unfused"), ("eff.", "efficiency_unfused"),

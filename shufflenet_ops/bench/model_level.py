@@ -1,9 +1,11 @@
 """Model level: ShuffleNet v1 as stock PyTorch code runs it (eager, unfused),
-after ``so.fuse``, and under ``torch.compile``: median latency per batch size
-for inference and for a training step (forward, cross-entropy, backward, SGD)."""
+after ``so.fuse``, and under ``torch.compile``, and for inference the anchor
+runtimes on the exported stock model: median latency per batch size for
+inference and for a training step (forward, cross-entropy, backward, SGD)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 
 import torch
@@ -11,7 +13,8 @@ import torch.nn.functional as F
 
 from ..fuse import fuse
 from ..models import shufflenet_v1_unfused
-from .timing import median_seconds
+from . import anchors
+from .timing import median_seconds, paired_ratio
 
 VARIANTS = ("unfused", "fused", "compiled")
 
@@ -25,13 +28,9 @@ def build(variant: str, model: torch.nn.Module, example: torch.Tensor):
     return torch.compile(model)
 
 
-def inference_seconds(module, x, device, min_run_time) -> float:
-    with torch.inference_mode():
-        return median_seconds(lambda: module(x), device, min_run_time)
-
-
-def training_step_seconds(module, parameters, x, device, min_run_time) -> float:
-    target = torch.randint(0, 1000, (x.shape[0],), device=device)
+def training_step(module, parameters, x):
+    """One training step: forward, cross-entropy, backward and SGD update."""
+    target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
     optimizer = torch.optim.SGD(parameters, lr=1e-3)
 
     def step():
@@ -39,7 +38,7 @@ def training_step_seconds(module, parameters, x, device, min_run_time) -> float:
         F.cross_entropy(module(x), target).backward()
         optimizer.step()
 
-    return median_seconds(step, device, min_run_time)
+    return step
 
 
 # Each variant is timed this many times, in turns, and the median kept: the
@@ -48,22 +47,27 @@ ROUNDS = 3
 
 
 def measure(variants, *, training: bool, batch: int, groups: int, width_mult: float, resolution: int,
-            device, dtype, channels_last: bool, min_run_time: float) -> list[dict]:
+            device, dtype, channels_last: bool, min_run_time: float, anchor_runtimes=()) -> list[dict]:
+    """One row per variant and per anchor runtime (inference only), all timed
+    in the same interleaved rounds. ``time_vs_fused`` is the median over the
+    rounds of the row's time over the fused model's time in that round."""
     torch.manual_seed(0)
     model = shufflenet_v1_unfused(groups=groups, width_mult=width_mult).to(device=device, dtype=dtype)
     model.train(training)
     x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    modules = {variant: build(variant, model, x) for variant in variants}
-    rounds = {variant: [] for variant in variants}
-    for _ in range(ROUNDS):
-        for variant, module in modules.items():
-            if training:
-                seconds = training_step_seconds(module, list(model.parameters()), x, device, min_run_time)
-            else:
-                seconds = inference_seconds(module, x, device, min_run_time)
-            rounds[variant].append(seconds)
+    if training:
+        calls = {variant: training_step(build(variant, model, x), list(model.parameters()), x) for variant in variants}
+    else:
+        calls = {variant: functools.partial(build(variant, model, x), x) for variant in variants}
+        calls.update({runtime: anchors.runner(runtime, model, x) for runtime in anchor_runtimes})
+    rounds = {variant: [] for variant in calls}
+    # Inference without autograd bookkeeping, as a deployed model runs.
+    with torch.inference_mode(not training):
+        for _ in range(ROUNDS):
+            for variant, call in calls.items():
+                rounds[variant].append(median_seconds(call, device, min_run_time))
     return [
         {
             "model": f"shufflenet_v1 {width_mult}x g{groups}",
@@ -74,6 +78,7 @@ def measure(variants, *, training: bool, batch: int, groups: int, width_mult: fl
             "seconds": statistics.median(times),
             "rounds_seconds": times,
             "images_per_s": batch / statistics.median(times),
+            **({"time_vs_fused": paired_ratio(times, rounds["fused"])} if "fused" in rounds else {}),
         }
         for variant, times in rounds.items()
     ]

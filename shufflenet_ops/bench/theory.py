@@ -4,13 +4,11 @@ FlopCounterMode) against the measured time ratio, unfused and fused."""
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..models import shufflenet_v1_unfused
-from .model_level import ROUNDS, build, inference_seconds
+from . import model_level
 
 # Table 8 of the paper: single-thread inference on a Snapdragon 820, 224 x 224.
 PAPER_MFLOPS = {0.5: 38, 1.0: 140, 2.0: 524}
@@ -31,15 +29,10 @@ def multiply_adds(width_mult: float, groups: int, resolution: int) -> int:
 
 
 def measure_model(width_mult: float, groups: int, *, resolution: int, device, dtype, min_run_time) -> dict:
-    torch.manual_seed(0)
-    model = shufflenet_v1_unfused(groups=groups, width_mult=width_mult).to(device=device, dtype=dtype).eval()
-    x = torch.randn(1, 3, resolution, resolution, device=device, dtype=dtype)
-    modules = {variant: build(variant, model, x) for variant in ("unfused", "fused")}
-    rounds = {variant: [] for variant in modules}
-    for _ in range(ROUNDS):
-        for variant, module in modules.items():
-            rounds[variant].append(inference_seconds(module, x, device, min_run_time))
-    times = {variant: statistics.median(values) for variant, values in rounds.items()}
+    rows = model_level.measure(("unfused", "fused"), training=False, batch=1, groups=groups, width_mult=width_mult,
+                               resolution=resolution, device=device, dtype=dtype, channels_last=False,
+                               min_run_time=min_run_time)
+    times = {row["variant"]: row["seconds"] for row in rows}
     return {"width_mult": width_mult, "groups": groups, "macs": multiply_adds(width_mult, groups, resolution),
             "seconds": times}
 

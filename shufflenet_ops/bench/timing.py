@@ -29,15 +29,27 @@ def median_seconds(fn, device: torch.device, min_run_time: float = 0.2, warmup: 
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def interleaved_medians(fns: dict, device: torch.device, min_run_time: float = 0.2, rounds: int = 3) -> dict:
-    """Median seconds of each ``fns[name]()``, timed in ``rounds`` interleaved
-    rounds (the median of the per-round medians), so that a slow spell of a
-    shared machine hits every contender alike."""
+def interleaved_rounds(fns: dict, device: torch.device, min_run_time: float = 0.2, rounds: int = 3) -> dict:
+    """Per-round median seconds of each ``fns[name]()``: ``rounds`` rounds,
+    each timing every contender in turn, so that a slow spell of a shared
+    machine hits the contenders of a round alike."""
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             times[name].append(median_seconds(fn, device, min_run_time / rounds))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict, device: torch.device, min_run_time: float = 0.2, rounds: int = 3) -> dict:
+    """Median seconds of each ``fns[name]()`` over interleaved rounds (the median of the per-round medians)."""
+    return {name: statistics.median(values)
+            for name, values in interleaved_rounds(fns, device, min_run_time, rounds).items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of one contender's time over another's in the same
+    round: the machine's drift between rounds cancels out."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
 
 
 def geometric_mean(values) -> float:
