@@ -5,6 +5,9 @@ full check. The compiled ops would otherwise pay for the same checks twice."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
 import torch
 
 from . import _validation as check
@@ -75,7 +78,7 @@ def depthwise_conv3x3(
     check.check_argument_types("depthwise_conv3x3", tensors={"x": x, "weight": weight},
                                optional_tensors={"bias": bias}, integers={"stride": stride})
     if x.device.type in _DEPTHWISE_NATIVE_DEVICES:
-        return torch.ops.shufflenet_ops.depthwise_conv3x3(x, weight, bias, stride, bool(relu))
+        return _DEPTHWISE_OP(x, weight, bias, stride, bool(relu))
     check.check_depthwise_conv3x3(x, weight, bias, stride)
     return reference.depthwise_conv3x3(x, weight, bias, stride, relu=bool(relu))
 
@@ -100,7 +103,7 @@ def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
 def _pool3x3(x, stride, average: bool):
     check.check_argument_types("pool3x3", tensors={"x": x}, integers={"stride": stride})
     if x.device.type in _POOL_NATIVE_DEVICES:
-        return torch.ops.shufflenet_ops.pool3x3(x, stride, average)
+        return _POOL_OP(x, stride, average)
     check.check_pool3x3(x, stride)
     return reference.avg_pool3x3(x, stride) if average else reference.max_pool3x3(x, stride)
 
@@ -126,6 +129,35 @@ def _devices_with_kernel(qualname: str) -> frozenset[str]:
 
 _DEPTHWISE_NATIVE_DEVICES = _devices_with_kernel(DEPTHWISE_CONV3X3)
 _POOL_NATIVE_DEVICES = _devices_with_kernel(POOL3X3)
+_DEPTHWISE_OP = NATIVE.op("depthwise_conv3x3")
+_POOL_OP = NATIVE.op("pool3x3")
+
+
+def registered_op_call(function: Callable, args: tuple, kwargs: dict, device: torch.device):
+    """``(op, op_args)`` such that ``op(*op_args)`` is the registered op call that
+    ``function(*args, **kwargs)`` (one of this module's ops, backend "auto") makes
+    for tensors on ``device``; None where it would run other Python code (the
+    reference). For callers that fix the non-tensor arguments once, such as the
+    graph ``so.fuse`` writes: the registered op checks every argument itself,
+    so the call skips only the Python layer."""
+    bound = inspect.signature(function).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    if a.get("backend", "auto") != "auto":
+        return None
+    if function is channel_shuffle:
+        op, op_args = backends.select("auto", device).channel_shuffle, (a["x"], a["groups"])
+    elif function is pointwise_group_conv:
+        op = backends.select("auto", device).pointwise_group_conv
+        op_args = (a["x"], a["weight"], a["bias"], a["groups"], check.shuffle_groups(a["input_shuffle"], "input_shuffle"),
+                   check.shuffle_groups(a["output_shuffle"], "output_shuffle"), bool(a["relu"]), a["residual"])
+    elif function is depthwise_conv3x3 and device.type in _DEPTHWISE_NATIVE_DEVICES:
+        op, op_args = _DEPTHWISE_OP, (a["x"], a["weight"], a["bias"], a["stride"], bool(a["relu"]))
+    elif function in (max_pool3x3, avg_pool3x3) and device.type in _POOL_NATIVE_DEVICES:
+        op, op_args = _POOL_OP, (a["x"], a["stride"], function is avg_pool3x3)
+    else:
+        return None
+    return (op, op_args) if isinstance(op, torch._ops.OpOverload) else None
 
 
 backends.register_backend(

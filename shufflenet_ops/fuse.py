@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from .functional import avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv
+from .functional import (
+    avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv, registered_op_call)
 from .ops import NAMESPACE, NATIVE
 
 __all__ = ["FuseError", "FuseReport", "fuse"]
@@ -135,12 +136,15 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
         _rewrite_matches(gm.graph, report, _pool3x3)
         _rewrite_matches(gm.graph, report, _add_relu)
     report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if _is_so_shuffle(n))
+    built_on_library_ops = any(_is_library_op(n) for n in gm.graph.nodes)
+    _call_registered_ops(gm.graph)
+    _erase_unused_attribute_reads(gm.graph)
     gm.graph.lint()
     gm.recompile()
     gm.fuse_report = report
     if verbose:
         print(report)
-    if not report.shuffles_found and not any(_is_library_op(n) for n in gm.graph.nodes):
+    if not report.shuffles_found and not built_on_library_ops:
         fused_any = any(report.counts.values())
         warnings.warn(
             f"so.fuse: found no channel shuffle in {type(model).__name__}; "
@@ -148,6 +152,28 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
             stacklevel=2,
         )
     return gm
+
+
+_PUBLIC_OPS = (channel_shuffle, pointwise_group_conv, depthwise_conv3x3, max_pool3x3, avg_pool3x3)
+
+
+def _call_registered_ops(graph: fx.Graph) -> None:
+    """Points each call of a public op at the registered op it runs on its input's device: the
+    graph's arguments are fixed, so the per-call Python layer of the public op is pure overhead."""
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _PUBLIC_OPS or _val(node.args[0]) is None:
+            continue
+        call = registered_op_call(node.target, node.args, node.kwargs, _val(node.args[0]).device)
+        if call is not None:
+            node.target, node.args, node.kwargs = call[0], call[1], {}
+
+
+def _erase_unused_attribute_reads(graph: fx.Graph) -> None:
+    """Drops reads of attributes nothing uses (the captured graph reads every buffer, such as each
+    BatchNorm's num_batches_tracked): each read is a Python attribute lookup per call."""
+    for node in list(graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            graph.erase_node(node)
 
 
 def _is_library_op(node: fx.Node) -> bool:

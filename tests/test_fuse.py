@@ -186,6 +186,13 @@ def test_published_style_shufflenet_v1(mode, shuffle_after_depthwise):
     assert report.counts[AVG_POOL] == 3 * eval_mode
     assert report.counts[RESIDUAL_ADD_RELU] == 13 * eval_mode
     assert report.counts[ADD_RELU] == 0
+    # On CPU every fused op is a direct call of the registered op, without the public op's
+    # Python layer, and the graph reads no attribute it does not use.
+    public_ops = {so.channel_shuffle, so.pointwise_group_conv, so.depthwise_conv3x3, so.max_pool3x3, so.avg_pool3x3}
+    assert not public_ops & set(call_targets(fused))
+    if eval_mode:  # all 32 1x1 convs, their BatchNorms folded
+        assert call_targets(fused).count(torch.ops.shufflenet_ops.pointwise_group_conv.default) == 32
+    assert all(n.users for n in fused.graph.nodes if n.op == "get_attr")
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
 
 
@@ -208,7 +215,8 @@ def test_library_model_zoo(mode):
     if mode == "eval":  # what is left is the network itself
         ops = {n.target.__name__.split(".")[0] for n in fused.graph.nodes
                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)}
-        assert ops <= {"conv2d", "relu", "cat", "mean", "linear", "pointwise_group_conv", "depthwise_conv3x3"}, ops
+        assert ops <= {"conv2d", "relu", "cat", "mean", "linear", "pointwise_group_conv", "depthwise_conv3x3",
+                       "pool3x3"}, ops
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=torch.float64), train=mode == "train")
 
 
@@ -239,8 +247,10 @@ def test_residual_add_relu_into_the_conv_epilogue(channels_last):
         fused = so.fuse(copy.deepcopy(model), x)
     assert fused.fuse_report.counts[RESIDUAL_ADD_RELU] == 2
     assert fused.fuse_report.counts[ADD_RELU] == 2
-    residual_convs = [n for n in fused.graph.nodes if n.kwargs.get("residual") is not None]
-    assert len(residual_convs) == 2 and all(n.kwargs["relu"] for n in residual_convs)
+    # pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual)
+    residual_convs = [n for n in fused.graph.nodes
+                      if n.target is torch.ops.shufflenet_ops.pointwise_group_conv.default and n.args[7] is not None]
+    assert len(residual_convs) == 2 and all(n.args[6] for n in residual_convs)
     x = torch.randn(3, 12, 5, 6)  # another batch size than the example's
     x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected, actual = model(x_ref), fused(x_fused)
