@@ -119,6 +119,23 @@ def test_ragged_column_tails(tail, dtype):
                             channels_last=False)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["", "residual"])
+def test_relu_keeps_nan(channels_last, with_residual):
+    # F.relu keeps a NaN: so does the fused epilogue, in the register tiles, the
+    # ragged column tail (7x7 = 49 pixels) and the shuffled stores.
+    x, weight, bias = conv_inputs(1, 12, 24, 7, 7, 3, torch.float32, bias=True, channels_last=channels_last)
+    with torch.no_grad():
+        x[0, 1, 2, 3] = float("nan")
+        x[0, 4, 6, 6] = float("nan")
+    residual = torch.randn(1, 24, 7, 7) if with_residual else None
+    kwargs = dict(output_shuffle=3, relu=True, residual=residual)
+    y = so.pointwise_group_conv(x, weight, bias, 3, **kwargs)
+    expected = so.reference.pointwise_group_conv(x, weight, bias, 3, **kwargs)
+    assert expected.isnan().any()
+    torch.testing.assert_close(y, expected, equal_nan=True)
+
+
 @pytest.mark.parametrize(
     "make_input",
     [

@@ -69,7 +69,7 @@ inline void store_tile(const TileStore<T>& s, int64_t row0, int64_t rows, int64_
         const int64_t width = std::min<int64_t>(L, cols - c);
         if (s.col_bias) v += load_vec_partial(s.col_bias + col0 + c, width);
         if (residual) v += width == L ? load_vec(residual + col0 + c) : load_vec_partial(residual + col0 + c, width);
-        if (s.relu) v = v > A(0) ? v : V{};
+        if (s.relu) v = v < A(0) ? V{} : v;  // NaN stays NaN, as in F.relu
         if (cols - c >= L) {
           store_vec(out + col0 + c, v);
         } else {
@@ -80,7 +80,7 @@ inline void store_tile(const TileStore<T>& s, int64_t row0, int64_t rows, int64_
       for (int64_t c = 0; c < cols; ++c) {
         A v = t[c] + row_bias + (s.col_bias ? s.col_bias[col0 + c] : A(0));
         if (residual) v += load_scalar(residual + s.col_offsets[col0 + c]);
-        if (s.relu) v = v > A(0) ? v : A(0);
+        if (s.relu) v = v < A(0) ? A(0) : v;
         store_scalar(out + s.col_offsets[col0 + c], v);
       }
     }
@@ -127,7 +127,7 @@ inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_co
         V value = acc[r][v] + row_bias;
         if (direct->col_bias) value += load_vec(direct->col_bias + out_col0 + v * L);
         if (residual) value += load_vec(residual + v * L);
-        if (direct->relu) value = value > A(0) ? value : V{};
+        if (direct->relu) value = value < A(0) ? V{} : value;
         store_vec(out + v * L, value);
       }
     }
