@@ -45,4 +45,7 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   // Per-channel 3x3 pooling, padding 1, stride 1 or 2: max (padding never wins)
   // or, with `average`, the window sum over 9 (padding counts as zero).
   m.def("pool3x3(Tensor x, int stride, bool average) -> Tensor");
+  // The network stem: max_pool3x3(relu(conv3x3(x, weight) + bias)), both with
+  // stride 2 and padding 1; weight [C_out, C_in, 3, 3].
+  m.def("stem_conv3x3_maxpool(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }

@@ -147,6 +147,24 @@ void check_pool3x3(const at::Tensor& x, int64_t stride) {
   TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": expected stride to be 1 or 2, got ", stride);
 }
 
+void check_stem_conv3x3_maxpool(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "stem_conv3x3_maxpool";
+  check_activation(op, "x", x);
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op,
+                    ": expected x to have a positive height and width, got ", x.sizes());
+  check_matches(op, "weight", weight, "x", x);
+  const bool weight_ok = weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 3 &&
+                         weight.size(3) == 3;
+  TORCH_CHECK_VALUE(weight_ok, op, ": expected weight of shape [C_out, C_in, 3, 3] with C_in = ",
+                    x.size(1), ", got ", weight.sizes());
+  if (bias.has_value()) {
+    check_matches(op, "bias", *bias, "x", x);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+                      ": expected bias of shape [C_out] = [", weight.size(0), "], got ", bias->sizes());
+  }
+}
+
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported) {
   for (at::ScalarType s : supported) {

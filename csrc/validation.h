@@ -48,6 +48,10 @@ void check_depthwise_conv3x3(const at::Tensor& x, const at::Tensor& weight,
 // x [N, C, H, W] floating point, stride 1 or 2.
 void check_pool3x3(const at::Tensor& x, int64_t stride);
 
+// x [N, C_in, H, W] with H, W > 0, weight [C_out, C_in, 3, 3], bias [C_out] or none.
+void check_stem_conv3x3_maxpool(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias);
+
 // Each backend states the dtypes its kernels implement.
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported);

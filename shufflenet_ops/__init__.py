@@ -6,7 +6,8 @@
 
 from . import reference
 from .backends import available_backends
-from .functional import avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv
+from .functional import (
+    avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv, stem_conv3x3_maxpool)
 from . import triton as _triton_backend  # noqa: F401  (registers backend "triton" where triton is installed)
 from . import flops, models, nn  # noqa: E402  (flops registers the ops' FLOP formulas)
 from .fuse import fuse  # noqa: E402
@@ -22,4 +23,5 @@ __all__ = [
     "nn",
     "pointwise_group_conv",
     "reference",
+    "stem_conv3x3_maxpool",
 ]

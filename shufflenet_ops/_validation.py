@@ -168,6 +168,21 @@ def check_pool3x3(x, stride) -> None:
         raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
 
 
+def check_stem_conv3x3_maxpool(x, weight, bias) -> None:
+    op = "stem_conv3x3_maxpool"
+    _activation(x, "x", op)
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{op}: expected x to have a positive height and width, got {list(x.shape)}")
+    _matches(weight, "weight", x, "x", op)
+    if weight.dim() != 4 or weight.shape[1] != x.shape[1] or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"{op}: expected weight of shape [C_out, C_in, 3, 3] with C_in = {x.shape[1]}, "
+                         f"got {list(weight.shape)}")
+    if bias is not None:
+        _matches(bias, "bias", x, "x", op)
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: expected bias of shape [C_out] = [{weight.shape[0]}], got {list(bias.shape)}")
+
+
 def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> None:
     """Each backend states the dtypes its kernels implement (the C++ twin: check_dtype_supported)."""
     if t.dtype not in supported:

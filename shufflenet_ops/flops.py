@@ -44,5 +44,12 @@ def _(x_shape, weight_shape, bias_shape, stride, *args, out_shape=None, **kwargs
     return 2 * prod(out_shape) * prod(weight_shape[1:])
 
 
+@register_flop_formula(torch.ops.shufflenet_ops.stem_conv3x3_maxpool)
+def _(x_shape, weight_shape, bias_shape, *args, out_shape=None, **kwargs) -> int:
+    """The convolution's 2 * N * H_conv * W_conv * C_out * C_in * 9, as for F.conv2d (pooling is free)."""
+    n, _, h, w = x_shape
+    return _conv_flops((n, None, (h - 1) // 2 + 1, (w - 1) // 2 + 1), weight_shape)
+
+
 for _family in (NATIVE, TRITON):
     _register_flop_formulas(_family)

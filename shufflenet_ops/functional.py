@@ -12,7 +12,7 @@ import torch
 
 from . import _validation as check
 from . import backends, reference
-from .ops import DEPTHWISE_CONV3X3, NATIVE, POOL3X3
+from .ops import DEPTHWISE_CONV3X3, NATIVE, POOL3X3, STEM_CONV3X3_MAXPOOL
 
 
 def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> torch.Tensor:
@@ -108,6 +108,23 @@ def _pool3x3(x, stride, average: bool):
     return reference.avg_pool3x3(x, stride) if average else reference.max_pool3x3(x, stride)
 
 
+def stem_conv3x3_maxpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The network stem of ShuffleNet (Conv1 + MaxPool), in one pass:
+
+        max_pool2d(relu(conv2d(x, weight, bias, stride=2, padding=1)), 3, stride=2, padding=1)
+
+    with ``weight`` [C_out, C_in, 3, 3]. The convolution's output is pooled
+    where it is computed, never written out. The output has x's memory format.
+    Runs the native kernel where one is registered for x's device, the
+    reference elsewhere."""
+    check.check_argument_types("stem_conv3x3_maxpool", tensors={"x": x, "weight": weight},
+                               optional_tensors={"bias": bias})
+    if x.device.type in _STEM_NATIVE_DEVICES:
+        return _STEM_OP(x, weight, bias)
+    check.check_stem_conv3x3_maxpool(x, weight, bias)
+    return reference.stem_conv3x3_maxpool(x, weight, bias)
+
+
 def _reference_shuffle(x, groups):
     check.check_channel_shuffle(x, groups)
     return reference.channel_shuffle(x, groups)
@@ -129,8 +146,10 @@ def _devices_with_kernel(qualname: str) -> frozenset[str]:
 
 _DEPTHWISE_NATIVE_DEVICES = _devices_with_kernel(DEPTHWISE_CONV3X3)
 _POOL_NATIVE_DEVICES = _devices_with_kernel(POOL3X3)
+_STEM_NATIVE_DEVICES = _devices_with_kernel(STEM_CONV3X3_MAXPOOL)
 _DEPTHWISE_OP = NATIVE.op("depthwise_conv3x3")
 _POOL_OP = NATIVE.op("pool3x3")
+_STEM_OP = NATIVE.op("stem_conv3x3_maxpool")
 
 
 def registered_op_call(function: Callable, args: tuple, kwargs: dict, device: torch.device):
@@ -155,6 +174,8 @@ def registered_op_call(function: Callable, args: tuple, kwargs: dict, device: to
         op, op_args = _DEPTHWISE_OP, (a["x"], a["weight"], a["bias"], a["stride"], bool(a["relu"]))
     elif function in (max_pool3x3, avg_pool3x3) and device.type in _POOL_NATIVE_DEVICES:
         op, op_args = _POOL_OP, (a["x"], a["stride"], function is avg_pool3x3)
+    elif function is stem_conv3x3_maxpool and device.type in _STEM_NATIVE_DEVICES:
+        op, op_args = _STEM_OP, (a["x"], a["weight"], a["bias"])
     else:
         return None
     return (op, op_args) if isinstance(op, torch._ops.OpOverload) else None

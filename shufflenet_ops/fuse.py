@@ -30,6 +30,9 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
   buffer. (ATen's fused ``_add_relu`` is not used: its CPU kernel turns a NaN
   into 0 outside its vector loop and +inf into the largest finite value, and
   it has no CUDA, bfloat16 or autograd kernel.)
+* in eval, a stride-2 3x3 max pooling of the ReLU of a 3x3 convolution with
+  stride 2 and padding 1 (a network stem, its BatchNorm folded) becomes
+  ``so.stem_conv3x3_maxpool``, which never writes the convolution's output;
 * in eval on CPU, a ``linear`` layer on a 2-D input (a classifier) becomes
   ``small_batch_linear``: up to ``SMALL_BATCH`` rows it runs as a
   ``pointwise_group_conv`` of 1x1 images, which splits the output features over
@@ -58,7 +61,8 @@ import torch
 from torch import fx, nn
 
 from .functional import (
-    avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv, registered_op_call)
+    avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv, registered_op_call,
+    stem_conv3x3_maxpool)
 from .ops import NAMESPACE, NATIVE
 
 __all__ = ["FuseError", "FuseReport", "fuse"]
@@ -86,6 +90,7 @@ AVG_POOL = "3x3 average pool (avg_pool3x3)"
 ADD_RELU = "add + ReLU, the ReLU in place on the sum"
 RESIDUAL_ADD_RELU = "add + ReLU fused into the 1x1 conv computing one addend (residual)"
 PARAMETER_COMPUTATION = "computation on parameters alone, done once at fuse time"
+STEM = "3x3 stride-2 conv + ReLU + 3x3 stride-2 max pool (stem_conv3x3_maxpool)"
 SMALL_BATCH_LINEAR = "linear on a 2-D input, as pointwise_group_conv up to SMALL_BATCH rows"
 
 
@@ -139,6 +144,7 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
         # Inference rewrites, like the depthwise one: the pool's backward is stock ATen, and
         # one buffer saved by the in-place ReLU is little next to a training step's backward.
         _rewrite_matches(gm.graph, report, _pool3x3)
+        _rewrite_matches(gm.graph, report, _stem)
         _rewrite_matches(gm.graph, report, _add_relu)
         _rewrite_matches(gm.graph, report, _linear)
     report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if _is_so_shuffle(n))
@@ -160,7 +166,8 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     return gm
 
 
-_PUBLIC_OPS = (channel_shuffle, pointwise_group_conv, depthwise_conv3x3, max_pool3x3, avg_pool3x3)
+_PUBLIC_OPS = (channel_shuffle, pointwise_group_conv, depthwise_conv3x3, max_pool3x3, avg_pool3x3,
+               stem_conv3x3_maxpool)
 
 
 def _call_registered_ops(graph: fx.Graph) -> None:
@@ -473,6 +480,7 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
             gm.register_parameter(names[1], folded_bias)
             with graph.inserting_before(tail):
                 weight, bias = graph.get_attr(names[0]), graph.get_attr(names[1])
+            weight.meta["val"], bias.meta["val"] = folded_weight, folded_bias  # read by later rewrites
         with graph.inserting_before(tail):
             if pointwise is not None:
                 new = graph.call_function(
@@ -575,6 +583,7 @@ _PROBES = {
     depthwise_conv3x3: lambda t: depthwise_conv3x3(t, t.expand(1, 1, 3, 3)),
     max_pool3x3: max_pool3x3,
     avg_pool3x3: avg_pool3x3,
+    stem_conv3x3_maxpool: lambda t: stem_conv3x3_maxpool(t, t.expand(1, 1, 3, 3)),
 }
 
 
@@ -629,6 +638,28 @@ def _pool3x3(node: fx.Node):
     if len(values) != 1 or any(u.args[1] == 1 and u.users for u in node.users):
         return None
     return _Rewrite(max_pool3x3, (a["self"], stride[0]), values[0], [*node.users, node], MAX_POOL)
+
+
+def _stem(node: fx.Node):
+    """The rewrite to ``stem_conv3x3_maxpool`` if ``node`` is a stride-2 ``max_pool3x3`` of the ReLU
+    of a 3x3 convolution with stride 2 and padding 1 (no groups, no dilation), each used only by
+    the next."""
+    if not (_is_call(node, {max_pool3x3}) and node.args[1] == 2):
+        return None
+    relu = node.args[0]
+    if not (_is_call(relu, _RELUS) and len(relu.users) == 1 and len(relu.args[0].users) == 1):
+        return None
+    conv = _conv2d(relu.args[0])
+    if conv is None:
+        return None
+    a, x, weight = conv
+    if tuple(weight.shape[2:]) != (3, 3) or a["groups"] != 1 or not _runs_on(stem_conv3x3_maxpool, x):
+        return None
+    if any(_pair(a[name]) != value for name, value in (("stride", (2, 2)), ("padding", (1, 1)),
+                                                       ("dilation", (1, 1)))):
+        return None
+    return _Rewrite(stem_conv3x3_maxpool, (a["input"], a["weight"], a["bias"]), node, [node, relu, relu.args[0]],
+                    STEM)
 
 
 def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ with the BatchNorm's parameters stored in shuffled channel order.
 In training mode the BatchNorms normalize with batch statistics. In eval mode
 each BatchNorm is folded into the conv before it (at every call, so the weights
 and running statistics stay the trainable, checkpointed ones) and the ReLUs, and
-a unit's residual add, run inside the fused convs.
+a unit's residual add, run inside the fused convs; the stem's conv, ReLU and
+max pool run as one op.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
-from .functional import depthwise_conv3x3, pointwise_group_conv
+from .functional import depthwise_conv3x3, pointwise_group_conv, stem_conv3x3_maxpool
 from .nn import PointwiseGroupConv2d
 
 __all__ = [
@@ -191,11 +192,10 @@ class ShuffleNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            x = F.relu(self.conv1_bn(self.conv1(x)))
-        else:
+            x = F.max_pool2d(F.relu(self.conv1_bn(self.conv1(x))), 3, 2, 1)
+        else:  # Conv1 and MaxPool in one pass: the convolution's output is never written
             weight, bias = _fold_batch_norm(self.conv1.weight, self.conv1_bn)
-            x = F.relu(F.conv2d(x, weight, bias, 2, 1))
-        x = F.max_pool2d(x, 3, 2, 1)
+            x = stem_conv3x3_maxpool(x, weight, bias)
         x = self.stage4(self.stage3(self.stage2(x)))
         return self.fc(x.mean((2, 3)))
 

@@ -183,3 +183,49 @@ def _pool_backward(ctx, grad):
 
 
 torch.library.register_autograd(POOL3X3, _pool_backward, setup_context=_pool_setup_context)
+
+
+# The network stem (Conv1 + MaxPool) stands apart the same way: a native kernel
+# only, its backward on stock ATen ops.
+STEM_CONV3X3_MAXPOOL = f"{NAMESPACE}::stem_conv3x3_maxpool"
+
+
+@torch.library.register_fake(STEM_CONV3X3_MAXPOOL)
+def _(x, weight, bias):
+    check.check_stem_conv3x3_maxpool(x, weight, bias)
+    n, _, h, w = x.shape
+    pooled = [_window3x3_output_size(_window3x3_output_size(size, 2), 2) for size in (h, w)]
+    return _empty((n, weight.shape[0], *pooled), x, suggest_memory_format(x))
+
+
+def _stem_setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight, bias)
+
+
+def _stem_backward(ctx, grad):
+    # The forward keeps neither the convolution's output nor the pooling's indices:
+    # a training step recomputes them here, and inference never stores them.
+    x, weight, bias = ctx.saved_tensors
+    if not any(ctx.needs_input_grad):
+        return None, None, None
+    # Reduced precision runs in float32, as in the depthwise backward: ATen's
+    # reduced-precision CPU convolution backward can return garbage where windows
+    # hang over the border.
+    compute = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+    x_c, weight_c, grad = x.to(compute), weight.to(compute), grad.to(compute)
+    bias_c = None if bias is None else bias.to(compute)
+    window, stride, padding = [3, 3], [2, 2], [1, 1]
+    activation = torch.ops.aten.relu(torch.ops.aten.convolution(x_c, weight_c, bias_c, stride, padding, [1, 1],
+                                                                False, [0, 0], 1))
+    _, indices = torch.ops.aten.max_pool2d_with_indices(activation, window, stride, padding, [1, 1], False)
+    grad = torch.ops.aten.max_pool2d_with_indices_backward(grad, activation, window, stride, padding, [1, 1],
+                                                          False, indices)
+    grad = torch.ops.aten.threshold_backward(grad, activation, 0)
+    want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+    grads = torch.ops.aten.convolution_backward(grad, x_c, weight_c, None if bias is None else list(bias.shape),
+                                                stride, padding, [1, 1], False, [0, 0], 1, want)
+    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (x, weight, weight)))
+
+
+torch.library.register_autograd(STEM_CONV3X3_MAXPOOL, _stem_backward, setup_context=_stem_setup_context)

@@ -55,3 +55,8 @@ def max_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
 def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     """3x3 average pooling with padding 1: the window sum over 9, padding counted as zero."""
     return F.avg_pool2d(x, 3, stride, 1)
+
+
+def stem_conv3x3_maxpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The network stem: ``max_pool2d(relu(conv2d(x, weight, bias, 2, 1)), 3, 2, 1)``."""
+    return F.max_pool2d(F.relu(F.conv2d(x, weight, bias, 2, 1)), 3, 2, 1)
