@@ -8,6 +8,9 @@
 // nine unaligned contiguous loads from that buffer, borders and stride 2
 // included.
 //
+// NCHW images narrower than a vector: blocks of channels are copied into a
+// small channels_last buffer and computed as below, every lane busy.
+//
 // channels_last: vectors run along C. Each output pixel is the sum of nine
 // taps of contiguous channel vectors times per-channel weight vectors; a tap
 // outside the image reads a zero vector instead.
@@ -246,6 +249,59 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
   });
 }
 
+// ---------------------------------------------------------------- NCHW, narrow
+
+// NCHW images narrower than a vector (the 14x14 and 7x7 stages) leave most
+// lanes of a row vector idle, and each plane costs its own row setup. Here each
+// task copies a block of kLanes channels into a small channels_last buffer, runs
+// the channels_last computation on it with every lane busy, and copies the
+// result back.
+template <typename T>
+void forward_nchw_narrow(const DepthwiseParams<T>& p) {
+  using A = acc_t<T>;
+  constexpr int L = kLanes<T>;
+  const int64_t blocks = (p.channels + L - 1) / L;
+  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
+  const int64_t grain = grain_for(L * out_plane, kMinPixelsPerThread);
+  at::parallel_for(0, p.batch * blocks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> x_block(in_plane * L, T(0)), y_block(out_plane * L), zeros(L, T(0));
+    std::vector<A> packed_weight(kTaps * L, A(0)), packed_bias(L, A(0));
+    DepthwiseParams<T> block = p;
+    block.batch = 1;
+    block.channels = L;
+    block.x = x_block.data();
+    block.y = y_block.data();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, c0 = task % blocks * L, width = std::min<int64_t>(L, p.channels - c0);
+      for (int64_t cl = 0; cl < width; ++cl) {
+        const T* plane = p.x + (n * p.channels + c0 + cl) * in_plane;
+        for (int64_t q = 0; q < in_plane; ++q) x_block[q * L + cl] = plane[q];
+        for (int t = 0; t < kTaps; ++t) packed_weight[t * L + cl] = p.weight[(c0 + cl) * kTaps + t];
+        packed_bias[cl] = p.bias ? p.bias[c0 + cl] : A(0);
+      }
+      // Lanes past the last channel compute zeros and are not copied back.
+      for (int64_t cl = width; cl < L; ++cl) {
+        for (int64_t q = 0; q < in_plane; ++q) x_block[q * L + cl] = T(0);
+        for (int t = 0; t < kTaps; ++t) packed_weight[t * L + cl] = A(0);
+        packed_bias[cl] = A(0);
+      }
+      for (int64_t oh = 0; oh < p.out_h; ++oh) {
+        const T* rows[3];
+        for (int kh = 0; kh < 3; ++kh) {
+          const int64_t ih = p.stride * oh - 1 + kh;
+          rows[kh] = ih >= 0 && ih < p.in_h ? x_block.data() + ih * p.in_w * L : nullptr;
+        }
+        forward_channels_last_block<T, false>(block, packed_weight.data(), packed_bias.data(), zeros.data(),
+                                              rows, 0, y_block.data() + oh * p.out_w * L);
+      }
+      for (int64_t cl = 0; cl < width; ++cl) {
+        T* plane = p.y + (n * p.channels + c0 + cl) * out_plane;
+        for (int64_t q = 0; q < out_plane; ++q) plane[q] = y_block[q * L + cl];
+      }
+    }
+  });
+}
+
 // ---------------------------------------------------------------- binding
 
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weight,
@@ -263,6 +319,8 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
                                       b.empty() ? nullptr : b.data(), y.mutable_data_ptr<scalar_t>(), relu};
     if (problem.format == at::MemoryFormat::ChannelsLast) {
       forward_channels_last(p);
+    } else if (p.out_w < kLanes<scalar_t>) {
+      forward_nchw_narrow(p);
     } else {
       forward_nchw(p);
     }
