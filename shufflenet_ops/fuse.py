@@ -710,11 +710,10 @@ def _add_relu(node: fx.Node):
 
 
 # Up to this many rows, a CPU linear layer runs faster as pointwise_group_conv
-# on 1x1 images: the op splits the output features over the threads, where
-# ATen's GEMM streams the weights on one thread at such batches. At
+# on 1x1 images, which splits the output features over the threads. At
 # ShuffleNet's classifier (960 -> 1000, weights not in cache) it took 0.4x
 # ATen's time at batch 1-3 and 0.6x at batch 4, and about as long at batch 6;
-# beyond that the GEMM's single pass over the weights wins.
+# beyond that ATen's GEMM, one pass over the weights for all rows, wins.
 SMALL_BATCH = 4
 
 

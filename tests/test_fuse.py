@@ -605,3 +605,20 @@ def test_linear_layers_on_2d_inputs_run_as_the_fused_conv_up_to_small_batch(dtyp
     with pytest.warns(UserWarning, match="nothing was fused"):
         train_fused = so.fuse(copy.deepcopy(model).train(), torch.randn(3, 48, dtype=dtype))
     assert train_fused.fuse_report.counts[SMALL_BATCH_LINEAR] == 0
+
+
+def test_registered_op_call_only_where_a_registered_op_runs():
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3)
+    op, args = so.functional.registered_op_call(so.pointwise_group_conv, (x, torch.randn(8, 2, 1, 1), None, 2),
+                                                {"output_shuffle": 2, "relu": 1}, x.device)
+    assert op is torch.ops.shufflenet_ops.pointwise_group_conv.default
+    assert args[3:] == (2, 1, 2, True, None)  # groups, input_shuffle None -> 1, output_shuffle, relu as bool
+    op, args = so.functional.registered_op_call(so.avg_pool3x3, (x,), {}, x.device)
+    assert op is torch.ops.shufflenet_ops.pool3x3.default and args[1:] == (2, True)
+    # A device with no native kernel runs the Python reference: nothing to call directly.
+    meta = torch.device("meta")
+    for function, args in [(so.depthwise_conv3x3, (x, w)), (so.max_pool3x3, (x,)),
+                           (so.stem_conv3x3_maxpool, (x, torch.randn(2, 4, 3, 3)))]:
+        assert so.functional.registered_op_call(function, args, {}, meta) is None
+    # An explicit backend is the caller's choice: left to the public function.
+    assert so.functional.registered_op_call(so.channel_shuffle, (x, 2), {"backend": "reference"}, x.device) is None
