@@ -8,7 +8,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 import shufflenet_ops as so
-from tests.utils import assert_close_to, float64_leaves, random_activation
+from tests.utils import BAD_INPUT_ENTRIES, assert_close_to, expect_rejected, float64_leaves, random_activation
 
 OP = torch.ops.shufflenet_ops.depthwise_conv3x3
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -174,17 +174,13 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
-@pytest.mark.parametrize("entry", ["public", "public-reference", "registered"])
+@pytest.mark.parametrize("entry", BAD_INPUT_ENTRIES)
 def test_bad_input(case, entry, monkeypatch):
     overrides, error, pattern = BAD_CASES[case]
     a = bad_args(**overrides)
-    if entry == "public-reference":  # as on a device without a native kernel
-        monkeypatch.setattr(so.functional, "_DEPTHWISE_NATIVE_DEVICES", frozenset())
-    with pytest.raises(error, match=pattern):
-        if entry != "registered":
-            so.depthwise_conv3x3(a["x"], a["weight"], a["bias"], a["stride"])
-        else:
-            OP(a["x"], a["weight"], a["bias"], a["stride"], False)
+    expect_rejected(entry, monkeypatch, "_DEPTHWISE_NATIVE_DEVICES", error, pattern,
+                    public=lambda: so.depthwise_conv3x3(a["x"], a["weight"], a["bias"], a["stride"]),
+                    registered=lambda: OP(a["x"], a["weight"], a["bias"], a["stride"], False))
 
 
 def test_unsupported_floating_dtype_names_the_supported_ones():

@@ -10,7 +10,7 @@ from torch._prims_common import suggest_memory_format
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet_ops as so
-from tests.utils import assert_close_to, random_activation
+from tests.utils import BAD_INPUT_ENTRIES, assert_close_to, expect_rejected, random_activation
 
 OP = torch.ops.shufflenet_ops.stem_conv3x3_maxpool
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -178,17 +178,13 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
-@pytest.mark.parametrize("entry", ["public", "public-reference", "registered"])
+@pytest.mark.parametrize("entry", BAD_INPUT_ENTRIES)
 def test_bad_input(case, entry, monkeypatch):
     overrides, error, pattern = BAD_CASES[case]
     a = bad_args(**overrides)
-    if entry == "public-reference":  # as on a device without a native kernel
-        monkeypatch.setattr(so.functional, "_STEM_NATIVE_DEVICES", frozenset())
-    with pytest.raises(error, match=pattern):
-        if entry != "registered":
-            so.stem_conv3x3_maxpool(a["x"], a["weight"], a["bias"])
-        else:
-            OP(a["x"], a["weight"], a["bias"])
+    expect_rejected(entry, monkeypatch, "_STEM_NATIVE_DEVICES", error, pattern,
+                    public=lambda: so.stem_conv3x3_maxpool(a["x"], a["weight"], a["bias"]),
+                    registered=lambda: OP(a["x"], a["weight"], a["bias"]))
 
 
 def test_unsupported_floating_dtype_names_the_supported_ones():

@@ -4,7 +4,10 @@ Outputs are compared with a float64 run of ``so.reference`` on the same
 (upcast) inputs, so the tolerance measures only the tested kernel's rounding.
 """
 
+import pytest
 import torch
+
+import shufflenet_ops as so
 
 # dtype -> (atol, rtol), atol relative to the largest magnitude of the expected tensor.
 TOLERANCES = {
@@ -59,3 +62,17 @@ def random_residual(conv_output64: torch.Tensor, dtype, *, channels_last=False, 
         near_kink = (conv_output64 + residual.double()).abs() < 1e-2
         residual = torch.where(near_kink, residual + 0.05, residual)
     return residual.requires_grad_()
+
+
+# The ways a bad argument reaches an op: the public function on its native kernel, the public
+# function as on a device without one (its reference path), the registered op through torch.ops.
+BAD_INPUT_ENTRIES = ["public", "public-reference", "registered"]
+
+
+def expect_rejected(entry, monkeypatch, native_devices, error, pattern, *, public, registered):
+    """Calls ``public()`` or ``registered()`` as ``entry`` says and expects ``error`` matching ``pattern``;
+    ``native_devices`` names the so.functional set of devices with a native kernel."""
+    if entry == "public-reference":
+        monkeypatch.setattr(so.functional, native_devices, frozenset())
+    with pytest.raises(error, match=pattern):
+        (registered if entry == "registered" else public)()
