@@ -28,6 +28,9 @@ struct GemmOperands {
   bool b_rows_padded = false;
   // A(r, k) = a_rows[r][k]: lets a short ragged column tail run as dot products.
   bool a_rows_contiguous = false;
+  // B rows equally spaced, b_rows[k] = b_rows[0] + k * b_row_stride (0: not
+  // known). With contiguous A rows too, the k loop needs no table loads.
+  int64_t b_row_stride = 0;
 };
 
 // Register tile: kTileRows rows of A by kTileVectors vectors of B columns,
@@ -103,18 +106,22 @@ inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_co
 #pragma GCC unroll 3
     for (int v = 0; v < Vectors; ++v) acc[r][v] = V{};
   const T* const* a_rows = g.a_rows + row0;
-  for (int64_t k = 0; k < g.depth; ++k) {
-    const T* b = g.b_rows[k] + b_col;
+  const auto step = [&](const T* b, int64_t a_offset) __attribute__((always_inline)) {
     V bv[Vectors];
 #pragma GCC unroll 3
     for (int v = 0; v < Vectors; ++v) bv[v] = load_vec(b + v * L);
-    const int64_t a_offset = g.a_offsets[k];
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
       const A a = load_scalar(a_rows[r] + a_offset);
 #pragma GCC unroll 3
       for (int v = 0; v < Vectors; ++v) acc[r][v] += a * bv[v];
     }
+  };
+  if (g.b_row_stride != 0 && g.a_rows_contiguous) {
+    const T* b = g.b_rows[0] + b_col;
+    for (int64_t k = 0; k < g.depth; ++k) step(b + k * g.b_row_stride, k);
+  } else {
+    for (int64_t k = 0; k < g.depth; ++k) step(g.b_rows[k] + b_col, g.a_offsets[k]);
   }
   if (direct != nullptr) {
 #pragma GCC unroll 8
@@ -273,6 +280,7 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
         padded_rows[k] = padded.data() + k * b.vectors * L;
       }
       b.panel.b_rows = padded_rows.data();
+      b.panel.b_row_stride = b.vectors * L;
       b.b_col = 0;
     }
     if constexpr (is_tile_store) {
