@@ -135,7 +135,7 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
       }
       GemmOperands<T> g{weight_rows.data() + j * M + m0, depth_offsets.data(), input_rows.data(), K};
       g.a_rows_contiguous = true;
-      if (p.input_shuffle == 1) g.b_row_stride = HW;
+      if (p.input_shuffle == 1) g.b_row_stride = HW;  // the group's input channels are consecutive planes
       TileStore<T> store{output_rows.data() + m0};
       store.row_bias = e.bias ? e.bias + j * M + m0 : nullptr;
       store.residual_rows = e.residual ? residual_rows.data() + m0 : nullptr;
