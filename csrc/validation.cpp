@@ -24,6 +24,15 @@ void check_matches(const char* op, const char* name, const at::Tensor& t, const 
                     t.device());
 }
 
+// bias, when given: like x, of shape [channels]; `shape` names that dimension.
+void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& x,
+                int64_t channels, const char* shape) {
+  if (!bias.has_value()) return;
+  check_matches(op, "bias", *bias, "x", x);
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == channels, op, ": expected bias of shape ",
+                    shape, " = [", channels, "], got ", bias->sizes());
+}
+
 void check_groups(const char* op, const char* name, int64_t groups, const char* what,
                   int64_t channels) {
   TORCH_CHECK_VALUE(groups > 0, op, ": expected ", name, " to be a positive integer, got ",
@@ -71,12 +80,7 @@ ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& we
   TORCH_CHECK_VALUE(weight.size(1) * groups == p.in_channels, op, ": expected weight.size(1) (",
                     weight.size(1), ") to equal C_in / groups (", p.in_channels, " / ", groups,
                     ")");
-  if (bias.has_value()) {
-    check_matches(op, "bias", *bias, "x", x);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == p.out_channels, op,
-                      ": expected bias of shape [C_out] = [", p.out_channels, "], got ",
-                      bias->sizes());
-  }
+  check_bias(op, bias, x, p.out_channels, "[C_out]");
   if (residual.has_value()) {
     check_matches(op, "residual", *residual, "x", x);
     TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef({p.batch, p.out_channels, p.height, p.width}), op,
@@ -134,11 +138,7 @@ void check_depthwise_conv3x3(const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK_VALUE(weight_ok, op, ": expected weight of shape [C, 1, 3, 3] = [", channels,
                     ", 1, 3, 3], got ", weight.sizes());
   TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": expected stride to be 1 or 2, got ", stride);
-  if (bias.has_value()) {
-    check_matches(op, "bias", *bias, "x", x);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == channels, op,
-                      ": expected bias of shape [C] = [", channels, "], got ", bias->sizes());
-  }
+  check_bias(op, bias, x, channels, "[C]");
 }
 
 void check_pool3x3(const at::Tensor& x, int64_t stride) {
@@ -158,11 +158,7 @@ void check_stem_conv3x3_maxpool(const at::Tensor& x, const at::Tensor& weight,
                          weight.size(3) == 3;
   TORCH_CHECK_VALUE(weight_ok, op, ": expected weight of shape [C_out, C_in, 3, 3] with C_in = ",
                     x.size(1), ", got ", weight.sizes());
-  if (bias.has_value()) {
-    check_matches(op, "bias", *bias, "x", x);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                      ": expected bias of shape [C_out] = [", weight.size(0), "], got ", bias->sizes());
-  }
+  check_bias(op, bias, x, weight.size(0), "[C_out]");
 }
 
 void check_dtype_supported(const char* op, const at::Tensor& t,

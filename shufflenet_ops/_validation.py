@@ -81,6 +81,15 @@ def check_argument_types(op: str, *, tensors: dict, optional_tensors: dict | Non
         _integer(value, name)
 
 
+def _bias(bias, x: torch.Tensor, channels: int, shape: str, op: str) -> None:
+    """bias, when given: like x, of shape [channels]; ``shape`` names that dimension."""
+    if bias is None:
+        return
+    _matches(bias, "bias", x, "x", op)
+    if bias.dim() != 1 or bias.shape[0] != channels:
+        raise ValueError(f"{op}: expected bias of shape {shape} = [{channels}], got {list(bias.shape)}")
+
+
 def check_channel_shuffle(x, groups) -> None:
     op = "channel_shuffle"
     _tensor(x, "x", op)
@@ -99,10 +108,7 @@ def check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_sh
         raise ValueError(
             f"{op}: expected weight.size(1) ({weight.shape[1]}) to equal C_in / groups ({x.shape[1]} / {groups})"
         )
-    if bias is not None:
-        _matches(bias, "bias", x, "x", op)
-        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{op}: expected bias of shape [C_out] = [{weight.shape[0]}], got {list(bias.shape)}")
+    _bias(bias, x, weight.shape[0], "[C_out]", op)
     if residual is not None:
         _matches(residual, "residual", x, "x", op)
         expected = [x.shape[0], weight.shape[0], *x.shape[2:]]
@@ -154,10 +160,7 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
     stride = _integer(stride, "stride")
     if stride not in (1, 2):
         raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
-    if bias is not None:
-        _matches(bias, "bias", x, "x", op)
-        if bias.dim() != 1 or bias.shape[0] != channels:
-            raise ValueError(f"{op}: expected bias of shape [C] = [{channels}], got {list(bias.shape)}")
+    _bias(bias, x, channels, "[C]", op)
 
 
 def check_pool3x3(x, stride) -> None:
@@ -177,10 +180,7 @@ def check_stem_conv3x3_maxpool(x, weight, bias) -> None:
     if weight.dim() != 4 or weight.shape[1] != x.shape[1] or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"{op}: expected weight of shape [C_out, C_in, 3, 3] with C_in = {x.shape[1]}, "
                          f"got {list(weight.shape)}")
-    if bias is not None:
-        _matches(bias, "bias", x, "x", op)
-        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{op}: expected bias of shape [C_out] = [{weight.shape[0]}], got {list(bias.shape)}")
+    _bias(bias, x, weight.shape[0], "[C_out]", op)
 
 
 def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> None:

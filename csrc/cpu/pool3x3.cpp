@@ -50,10 +50,9 @@ struct PoolParams : Window3x3Shape {
 };
 
 struct MaxPool {
-  // Keeps a NaN of either operand, as F.max_pool2d does (a plain max keeps only one side's).
   template <typename V>
   static V combine(V a, V b) {
-    return (a > b) | (a != a) ? a : b;
+    return max_keeping_nan(a, b);
   }
   template <typename A>
   static A padding() {

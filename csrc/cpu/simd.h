@@ -136,6 +136,13 @@ inline void store_vec_partial(T* p, vec_t<T> v, int64_t count) {
   std::memcpy(p, padded, count * sizeof(T));
 }
 
+// The larger of a and b with a NaN in either winning, as in F.max_pool2d (a
+// plain max keeps only one side's NaN): lane by lane for vectors, or scalars.
+template <typename V>
+inline V max_keeping_nan(V a, V b) {
+  return (a > b) | (a != a) ? a : b;
+}
+
 inline int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
 
 namespace detail {

@@ -46,12 +46,6 @@ struct StemShape {
   int64_t pool_width() const { return halved(conv_width()); }
 };
 
-// A NaN in either operand wins, as in F.max_pool2d.
-template <typename A>
-A max_keeping_nan(A a, A b) {
-  return (a > b) || (a != a) ? a : b;
-}
-
 template <typename T>
 class StemTask {
  public:
