@@ -177,6 +177,11 @@ inline bool dot_tail_pays(int64_t tail, int64_t depth) {
   return tail <= kDotTailColumns && tail * ((depth + kLanes<T> - 1) / kLanes<T> + kReductionCostPerSum) < depth;
 }
 
+// The columns a dot tile of `cols` tail columns computes: 1, 2, 4 or 8.
+inline constexpr int64_t dot_tile_columns(int64_t cols) {
+  return cols <= 2 ? cols : cols <= 4 ? 4 : kDotTailColumns;
+}
+
 // B's columns [col0, col0 + cols), cols <= kDotTailColumns, copied once per
 // gemm as zero-padded rows of depth rounded up to whole vectors: the dot
 // products of every row tile read them as vectors.
@@ -184,7 +189,7 @@ template <typename T>
 inline void pack_tail_columns(const GemmOperands<T>& g, int64_t col0, int64_t cols,
                               std::vector<acc_t<T>>& columns) {
   const int64_t depth_padded = round_up(g.depth, kLanes<T>);
-  columns.assign(kDotTailColumns * depth_padded, acc_t<T>(0));
+  columns.assign(dot_tile_columns(cols) * depth_padded, acc_t<T>(0));
   for (int64_t c = 0; c < cols; ++c)
     for (int64_t k = 0; k < g.depth; ++k) columns[c * depth_padded + k] = load_scalar(g.b_rows[k] + col0 + c);
 }
@@ -230,10 +235,12 @@ inline void dot_tile(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64
 template <typename T>
 inline void dot_tail(const GemmOperands<T>& g, int64_t row0, int64_t rows, int64_t cols,
                      const acc_t<T>* columns, acc_t<T>* tile) {
-  if (cols == 1) return dot_tile<T, 1>(g, row0, rows, cols, columns, tile);
-  if (cols == 2) return dot_tile<T, 2>(g, row0, rows, cols, columns, tile);
-  if (cols <= 4) return dot_tile<T, 4>(g, row0, rows, cols, columns, tile);
-  return dot_tile<T, kDotTailColumns>(g, row0, rows, cols, columns, tile);
+  switch (dot_tile_columns(cols)) {
+    case 1: return dot_tile<T, 1>(g, row0, rows, cols, columns, tile);
+    case 2: return dot_tile<T, 2>(g, row0, rows, cols, columns, tile);
+    case 4: return dot_tile<T, 4>(g, row0, rows, cols, columns, tile);
+    default: return dot_tile<T, kDotTailColumns>(g, row0, rows, cols, columns, tile);
+  }
 }
 
 // Up to this many bytes of B, the row tiles run outermost: each row tile
@@ -260,10 +267,20 @@ void gemm(const GemmOperands<T>& g, int64_t rows, int64_t col_begin, int64_t col
     int64_t b_col;
     const TileStore<T>* direct;  // full vectors to contiguous columns go straight from registers
   };
-  std::vector<ColumnBlock> blocks;
-  std::vector<T> padded;
-  std::vector<const T*> padded_rows;
-  std::vector<acc_t<T>> tail_columns;  // only the last block can have a tail
+  // Kept per thread, so the many small calls of a batch-1 layer reuse their
+  // buffers rather than allocate them; a store must therefore not call gemm.
+  struct Scratch {
+    std::vector<ColumnBlock> blocks;
+    std::vector<T> padded;
+    std::vector<const T*> padded_rows;
+    std::vector<acc_t<T>> tail_columns;  // only the last block can have a tail
+  };
+  thread_local Scratch scratch;
+  std::vector<ColumnBlock>& blocks = scratch.blocks;
+  std::vector<T>& padded = scratch.padded;
+  std::vector<const T*>& padded_rows = scratch.padded_rows;
+  std::vector<acc_t<T>>& tail_columns = scratch.tail_columns;
+  blocks.clear();
   for (int64_t col0 = col_begin; col0 < col_end; col0 += block_columns) {
     ColumnBlock b{col0, std::min(block_columns, col_end - col0), 0, 0, g, col0, nullptr};
     if (const int64_t tail = b.cols % L; g.a_rows_contiguous && tail != 0 && dot_tail_pays<T>(tail, g.depth)) {
