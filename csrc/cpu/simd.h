@@ -138,9 +138,13 @@ inline void store_vec_partial(T* p, vec_t<T> v, int64_t count) {
 
 // The larger of a and b with a NaN in either winning, as in F.max_pool2d (a
 // plain max keeps only one side's NaN): lane by lane for vectors, or scalars.
+// Written as a max that keeps a's NaN, then a select on b's: both compile to
+// branch-free instructions (vmaxss and a conditional move for scalars), where
+// an `a > b || a != a` test makes scalar code branch on random data.
 template <typename V>
 inline V max_keeping_nan(V a, V b) {
-  return (a > b) | (a != a) ? a : b;
+  const V larger = b > a ? b : a;
+  return b != b ? b : larger;
 }
 
 inline int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
