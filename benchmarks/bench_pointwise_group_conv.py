@@ -11,7 +11,6 @@ in interleaved rounds; each ratio is the median of its per-round ratios.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def main(argv=None):
         if not args.no_backward:
             rounds.update(common.interleaved_rounds(backward_fns(shape, device, dtype, args.channels_last), device,
                                                     min_run_time, args.rounds))
-        times = {name: statistics.median(values) for name, values in rounds.items()}
+        times = common.round_medians(rounds)
         ratios = {
             "speedup_vs_reference": common.paired_ratio(rounds["reference"], rounds["native"]),
             "time_vs_matmul": common.paired_ratio(rounds["native"], rounds[op_level.FLOOR]),

@@ -10,7 +10,6 @@ speedup is the median of the per-round ratios.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def main(argv=None):
                         "conv_then_pool3x3": lambda: so.max_pool3x3(F.relu(F.conv2d(x, w, b, 2, 1)), 2),
                         "ours": lambda: so.stem_conv3x3_maxpool(x, w, b),
                     }, device, min_run_time, args.rounds)
-                times = {name: statistics.median(values) for name, values in rounds.items()}
+                times = common.round_medians(rounds)
                 speedup = common.paired_ratio(rounds["torch"], rounds["ours"])
                 fusion_speedup = common.paired_ratio(rounds["conv_then_pool3x3"], rounds["ours"])
                 results.append({"shape": [batch, c_in, size, size], "out_channels": c_out, "format": fmt_name,

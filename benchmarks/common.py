@@ -14,7 +14,7 @@ import torch
 
 from shufflenet_ops.bench.shapes import LayerShape, shufflenet_layer_shapes  # noqa: F401
 from shufflenet_ops.bench.timing import (  # noqa: F401
-    geometric_mean, interleaved_medians, interleaved_rounds, median_seconds, paired_ratio)
+    geometric_mean, interleaved_medians, interleaved_rounds, median_seconds, paired_ratio, round_medians)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from math import prod
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .ops import NATIVE, TRITON, OpFamily
+from .ops import NATIVE, TRITON, OpFamily, window3x3_output_size
 
 
 def _conv_flops(activation_shape, weight_shape) -> int:
@@ -48,7 +48,7 @@ def _(x_shape, weight_shape, bias_shape, stride, *args, out_shape=None, **kwargs
 def _(x_shape, weight_shape, bias_shape, *args, out_shape=None, **kwargs) -> int:
     """The convolution's 2 * N * H_conv * W_conv * C_out * C_in * 9, as for F.conv2d (pooling is free)."""
     n, _, h, w = x_shape
-    return _conv_flops((n, None, (h - 1) // 2 + 1, (w - 1) // 2 + 1), weight_shape)
+    return _conv_flops((n, None, window3x3_output_size(h, 2), window3x3_output_size(w, 2)), weight_shape)
 
 
 for _family in (NATIVE, TRITON):

@@ -98,7 +98,7 @@ TRITON = _register_fake_kernels(OpFamily("triton_"))
 DEPTHWISE_CONV3X3 = f"{NAMESPACE}::depthwise_conv3x3"
 
 
-def _window3x3_output_size(size: int, stride: int) -> int:
+def window3x3_output_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
@@ -106,7 +106,7 @@ def _window3x3_output_size(size: int, stride: int) -> int:
 def _(x, weight, bias, stride, relu):
     check.check_depthwise_conv3x3(x, weight, bias, stride)
     n, c, h, w = x.shape
-    shape = (n, c, _window3x3_output_size(h, stride), _window3x3_output_size(w, stride))
+    shape = (n, c, window3x3_output_size(h, stride), window3x3_output_size(w, stride))
     return _empty(shape, x, suggest_memory_format(x))
 
 
@@ -153,7 +153,7 @@ POOL3X3 = f"{NAMESPACE}::pool3x3"
 def _(x, stride, average):
     check.check_pool3x3(x, stride)
     n, c, h, w = x.shape  # the same 3x3 window with padding 1 as the depthwise conv
-    shape = (n, c, _window3x3_output_size(h, stride), _window3x3_output_size(w, stride))
+    shape = (n, c, window3x3_output_size(h, stride), window3x3_output_size(w, stride))
     return _empty(shape, x, suggest_memory_format(x))
 
 
@@ -194,7 +194,7 @@ STEM_CONV3X3_MAXPOOL = f"{NAMESPACE}::stem_conv3x3_maxpool"
 def _(x, weight, bias):
     check.check_stem_conv3x3_maxpool(x, weight, bias)
     n, _, h, w = x.shape
-    pooled = [_window3x3_output_size(_window3x3_output_size(size, 2), 2) for size in (h, w)]
+    pooled = [window3x3_output_size(window3x3_output_size(size, 2), 2) for size in (h, w)]
     return _empty((n, weight.shape[0], *pooled), x, suggest_memory_format(x))
 
 
@@ -207,8 +207,6 @@ def _stem_backward(ctx, grad):
     # The forward keeps neither the convolution's output nor the pooling's indices:
     # a training step recomputes them here, and inference never stores them.
     x, weight, bias = ctx.saved_tensors
-    if not any(ctx.needs_input_grad):
-        return None, None, None
     # Reduced precision runs in float32, as in the depthwise backward: ATen's
     # reduced-precision CPU convolution backward can return garbage where windows
     # hang over the border.
@@ -225,7 +223,7 @@ def _stem_backward(ctx, grad):
     want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
     grads = torch.ops.aten.convolution_backward(grad, x_c, weight_c, None if bias is None else list(bias.shape),
                                                 stride, padding, [1, 1], False, [0, 0], 1, want)
-    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (x, weight, weight)))
+    return tuple(None if g is None else g.to(x.dtype) for g in grads)  # x, weight and bias share a dtype
 
 
 torch.library.register_autograd(STEM_CONV3X3_MAXPOOL, _stem_backward, setup_context=_stem_setup_context)

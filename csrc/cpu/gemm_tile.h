@@ -33,6 +33,13 @@ struct GemmOperands {
   int64_t b_row_stride = 0;
 };
 
+// a_offsets for A columns `step` elements apart: 0, step, 2 step, ...
+inline std::vector<int64_t> column_offsets(int64_t depth, int64_t step = 1) {
+  std::vector<int64_t> offsets(depth);
+  for (int64_t k = 0; k < depth; ++k) offsets[k] = k * step;
+  return offsets;
+}
+
 // Register tile: kTileRows rows of A by kTileVectors vectors of B columns,
 // sized to leave a register for the B vectors and one for the broadcast.
 inline constexpr int kTileVectors = 3;

@@ -49,12 +49,6 @@ struct ChannelTables {
   }
 };
 
-std::vector<int64_t> iota(int64_t n, int64_t step = 1) {
-  std::vector<int64_t> v(n);
-  for (int64_t i = 0; i < n; ++i) v[i] = i * step;
-  return v;
-}
-
 // Pixel columns per task on the channel-major path and pixel rows per task on
 // the pixel-major path: enough work to amortize the pointer tables.
 template <typename T>
@@ -114,7 +108,7 @@ void forward_channel_major(const ConvProblem& p, const ChannelTables& t, const T
   const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
   std::vector<const T*> weight_rows(p.out_channels);
   for (int64_t c = 0; c < p.out_channels; ++c) weight_rows[c] = w + c * K;
-  const std::vector<int64_t> depth_offsets = iota(K);
+  const std::vector<int64_t> depth_offsets = column_offsets(K);
   const int64_t base_tasks = p.batch * p.groups * chunks;
   const RowSplit split = split_rows(M, base_tasks);
   const int64_t grain = grain_for(split.size * K * chunk_columns, kMinMacsPerThread);
@@ -233,7 +227,7 @@ void grad_input_channel_major(const ConvProblem& p, const ChannelTables& t, cons
   std::vector<const T*> weight_columns(p.groups * K);
   for (int64_t j = 0; j < p.groups; ++j)
     for (int64_t k = 0; k < K; ++k) weight_columns[j * K + k] = w + j * M * K + k;
-  const std::vector<int64_t> depth_offsets = iota(M, K);
+  const std::vector<int64_t> depth_offsets = column_offsets(M, K);
   const int64_t chunk_columns = column_chunk<T>(HW);
   const int64_t chunks = (HW + chunk_columns - 1) / chunk_columns;
   const int64_t base_tasks = p.batch * p.groups * chunks;

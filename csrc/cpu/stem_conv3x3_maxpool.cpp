@@ -19,6 +19,7 @@
 #include "../validation.h"
 #include "accumulator_copy.h"
 #include "gemm_tile.h"
+#include "window3x3.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -35,15 +36,13 @@ namespace {
 
 constexpr const char* kOp = "stem_conv3x3_maxpool (CPU)";
 
-int64_t halved(int64_t size) { return (size - 1) / 2 + 1; }  // a 3x3 window, stride 2, padding 1
-
 struct StemShape {
   int64_t batch, in_channels, out_channels, height, width;
   std::array<int64_t, 4> x_strides, y_strides;  // N, C, H, W
-  int64_t conv_height() const { return halved(height); }
-  int64_t conv_width() const { return halved(width); }
-  int64_t pool_height() const { return halved(conv_height()); }
-  int64_t pool_width() const { return halved(conv_width()); }
+  int64_t conv_height() const { return window3x3_output_size(height, 2); }
+  int64_t conv_width() const { return window3x3_output_size(width, 2); }
+  int64_t pool_height() const { return window3x3_output_size(conv_height(), 2); }
+  int64_t pool_width() const { return window3x3_output_size(conv_width(), 2); }
 };
 
 template <typename T>
@@ -58,9 +57,8 @@ class StemTask {
         zeros_(split_width_, T(0)),
         ring_(3 * s.out_channels * ring_width_, T(0)),
         weight_rows_(s.out_channels), tap_rows_(depth_), ring_rows_(s.out_channels),
-        depth_offsets_(depth_) {
+        depth_offsets_(column_offsets(depth_)) {
     for (int64_t c = 0; c < s.out_channels; ++c) weight_rows_[c] = weight + c * depth_;
-    for (int64_t t = 0; t < depth_; ++t) depth_offsets_[t] = t;
     ring_row_.fill(-1);
   }
 
@@ -174,22 +172,20 @@ at::Tensor stem_conv3x3_maxpool_cpu(const at::Tensor& x_in, const at::Tensor& we
   at::Tensor y = at::empty({s.batch, s.out_channels, s.pool_height(), s.pool_width()},
                            x_in.options().memory_format(x_in.suggest_memory_format()));
   if (y.numel() > 0) {
-    const at::Tensor& x = x_in;
     const at::Tensor weight = weight_in.contiguous();
     for (int d = 0; d < 4; ++d) {
-      s.x_strides[d] = x.stride(d);
+      s.x_strides[d] = x_in.stride(d);
       s.y_strides[d] = y.stride(d);
     }
     const int64_t rows_per_task = pool_rows_per_task(s);
     const int64_t tasks_per_image = (s.pool_height() + rows_per_task - 1) / rows_per_task;
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "stem_conv3x3_maxpool_cpu", [&] {
-      const std::vector<acc_t<scalar_t>> b =
-          bias.has_value() ? accumulator_copy<scalar_t>(bias) : std::vector<acc_t<scalar_t>>(s.out_channels);
-      const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x_in.scalar_type(), "stem_conv3x3_maxpool_cpu", [&] {
+      const std::vector<acc_t<scalar_t>> b = accumulator_copy<scalar_t>(bias);
+      const scalar_t* x_data = x_in.const_data_ptr<scalar_t>();
       const scalar_t* w_data = weight.const_data_ptr<scalar_t>();
       scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, s.batch * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
-        StemTask<scalar_t> task(s, x_data, w_data, b.data());
+        StemTask<scalar_t> task(s, x_data, w_data, b.empty() ? nullptr : b.data());
         for (int64_t t = begin; t < end; ++t) {
           const int64_t n = t / tasks_per_image, p0 = t % tasks_per_image * rows_per_task;
           task.run(n, p0, std::min(s.pool_height(), p0 + rows_per_task), y_data);

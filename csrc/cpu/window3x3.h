@@ -1,8 +1,8 @@
 // The output setup shared by the CPU kernels of 3x3 window ops with padding 1
-// and stride 1 or 2 (depthwise conv, pooling): sizes, the output allocated in
-// the input's suggested memory format (NCHW or channels_last, as F.conv2d
-// chooses), and the input made dense in that format, so a kernel needs only
-// those two layouts.
+// and stride 1 or 2 (depthwise conv, pooling; the stem takes the sizes): sizes,
+// the output allocated in the input's suggested memory format (NCHW or
+// channels_last, as F.conv2d chooses), and the input made dense in that format,
+// so a kernel needs only those two layouts.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -40,10 +40,14 @@ def interleaved_rounds(fns: dict, device: torch.device, min_run_time: float = 0.
     return times
 
 
+def round_medians(rounds: dict) -> dict:
+    """The median over rounds of each contender's per-round seconds."""
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
 def interleaved_medians(fns: dict, device: torch.device, min_run_time: float = 0.2, rounds: int = 3) -> dict:
     """Median seconds of each ``fns[name]()`` over interleaved rounds (the median of the per-round medians)."""
-    return {name: statistics.median(values)
-            for name, values in interleaved_rounds(fns, device, min_run_time, rounds).items()}
+    return round_medians(interleaved_rounds(fns, device, min_run_time, rounds))
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
