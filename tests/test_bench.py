@@ -90,7 +90,8 @@ def test_anchor_runs_the_exported_unfused_model(runtime):
     x = torch.randn(2, 3, 64, 64)
     run = anchors.runner(runtime, model, x)  # the runner itself checks its first output
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(run()), model(x), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(torch.from_numpy(run()), model(x), rtol=anchors.FLOAT32_RTOL,
+                                   atol=anchors.FLOAT32_ATOL)
 
 
 def test_anchors_are_timed_in_the_rounds_of_the_inference_variants():
