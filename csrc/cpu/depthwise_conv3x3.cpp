@@ -8,8 +8,8 @@
 // nine unaligned contiguous loads from that buffer, borders and stride 2
 // included.
 //
-// NCHW images narrower than a vector: blocks of channels are copied into a
-// small channels_last buffer and computed as below, every lane busy.
+// NCHW images narrower than a vector: each plane is computed flat, one vector
+// spanning several output rows, from copies that make every tap one offset.
 //
 // channels_last: vectors run along C. Each output pixel is the sum of nine
 // taps of contiguous channel vectors times per-channel weight vectors; a tap
@@ -251,52 +251,124 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
 
 // ---------------------------------------------------------------- NCHW, narrow
 
-// NCHW images narrower than a vector (the 14x14 and 7x7 stages) leave most
-// lanes of a row vector idle, and each plane costs its own row setup. Here each
-// task copies a block of kLanes channels into a small channels_last buffer, runs
-// the channels_last computation on it with every lane busy, and copies the
-// result back.
-template <typename T>
-void forward_nchw_narrow(const DepthwiseParams<T>& p) {
-  using A = acc_t<T>;
-  constexpr int L = kLanes<T>;
-  const int64_t blocks = (p.channels + L - 1) / L;
-  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  const int64_t grain = grain_for(L * out_plane, kMinPixelsPerThread);
-  at::parallel_for(0, p.batch * blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> x_block(in_plane * L, T(0)), y_block(out_plane * L), zeros(L, T(0));
-    std::vector<A> packed_weight(kTaps * L, A(0)), packed_bias(L, A(0));
-    DepthwiseParams<T> block = p;
-    block.batch = 1;
-    block.channels = L;
-    block.x = x_block.data();
-    block.y = y_block.data();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, c0 = task % blocks * L, width = std::min<int64_t>(L, p.channels - c0);
-      for (int64_t cl = 0; cl < width; ++cl) {
-        const T* plane = p.x + (n * p.channels + c0 + cl) * in_plane;
-        for (int64_t q = 0; q < in_plane; ++q) x_block[q * L + cl] = plane[q];
-        for (int t = 0; t < kTaps; ++t) packed_weight[t * L + cl] = p.weight[(c0 + cl) * kTaps + t];
-        packed_bias[cl] = p.bias ? p.bias[c0 + cl] : A(0);
-      }
-      // Lanes past the last channel compute zeros and are not copied back.
-      for (int64_t cl = width; cl < L; ++cl) {
-        for (int64_t q = 0; q < in_plane; ++q) x_block[q * L + cl] = T(0);
-        for (int t = 0; t < kTaps; ++t) packed_weight[t * L + cl] = A(0);
-        packed_bias[cl] = A(0);
-      }
-      for (int64_t oh = 0; oh < p.out_h; ++oh) {
-        const T* rows[3];
-        for (int kh = 0; kh < 3; ++kh) {
-          const int64_t ih = p.stride * oh - 1 + kh;
-          rows[kh] = ih >= 0 && ih < p.in_h ? x_block.data() + ih * p.in_w * L : nullptr;
+// NCHW images narrower than a vector (the 14x14 and 7x7 stages) would leave
+// most lanes of a row vector idle. Here each plane is computed flat: one vector
+// spans several output rows, and each tap reads its source at one flat offset.
+// A stride-2 plane is first split into its (row, column) parity phases, each of
+// the output's size. A tap that steps one column left or right reads a copy in
+// which the column it would wrap into is zero; zero margins around every copy
+// are the padding rows.
+struct FlatTaps {
+  int sources;            // source copies per plane
+  int source[kTaps];      // which copy tap t reads
+  int64_t offset[kTaps];  // at which flat offset from the output position
+
+  FlatTaps(int64_t stride, int64_t out_w) {
+    for (int kh = 0; kh < 3; ++kh) {
+      for (int kw = 0; kw < 3; ++kw) {
+        const int t = kh * 3 + kw;
+        if (stride == 1) {
+          // Copies: 0 as is, 1 without its last column (read one column left), 2 without its first.
+          source[t] = kw == 1 ? 0 : kw == 0 ? 1 : 2;
+          offset[t] = (kh - 1) * out_w + (kw - 1);
+        } else {
+          // Input row 2 * oh + kh - 1: kh = 1 is the even-row phase at oh, kh = 0 and 2 the odd one
+          // at oh - 1 and oh; likewise for columns. Copies per row phase: 0 even columns, 1 odd
+          // columns without the last, 2 odd columns.
+          const int row_phase = kh == 1 ? 0 : 1, column_copy = kw == 1 ? 0 : kw == 0 ? 1 : 2;
+          source[t] = row_phase * 3 + column_copy;
+          offset[t] = (kh == 0 ? -out_w : 0) + (kw == 0 ? -1 : 0);
         }
-        forward_channels_last_block<T, false>(block, packed_weight.data(), packed_bias.data(), zeros.data(),
-                                              rows, 0, y_block.data() + oh * p.out_w * L);
       }
-      for (int64_t cl = 0; cl < width; ++cl) {
-        T* plane = p.y + (n * p.channels + c0 + cl) * out_plane;
-        for (int64_t q = 0; q < out_plane; ++q) plane[q] = y_block[q * L + cl];
+    }
+    sources = stride == 1 ? 3 : 6;
+  }
+};
+
+template <typename T>
+void fill_flat_sources(const DepthwiseParams<T>& p, const T* x_plane, int64_t span, int64_t margin,
+                       acc_t<T>* buffer) {
+  using A = acc_t<T>;
+  const int64_t Ho = p.out_h, Wo = p.out_w;
+  const auto copy = [&](int index) { return buffer + index * span + margin; };
+  if (p.stride == 1) {
+    A* plain = copy(0);
+    for (int64_t q = 0; q < Ho * Wo; ++q) plain[q] = load_scalar(x_plane + q);
+    std::copy(plain, plain + Ho * Wo, copy(1));
+    std::copy(plain, plain + Ho * Wo, copy(2));
+    for (int64_t oh = 0; oh < Ho; ++oh) copy(1)[oh * Wo + Wo - 1] = copy(2)[oh * Wo] = A(0);
+    return;
+  }
+  for (int row_phase = 0; row_phase < 2; ++row_phase) {
+    A* even = copy(row_phase * 3);
+    A* odd_cut = copy(row_phase * 3 + 1);
+    A* odd = copy(row_phase * 3 + 2);
+    for (int64_t oh = 0; oh < Ho; ++oh) {
+      const int64_t ih = 2 * oh + row_phase;
+      A* even_row = even + oh * Wo;
+      A* odd_row = odd + oh * Wo;
+      if (ih >= p.in_h) {
+        std::fill(even_row, even_row + Wo, A(0));
+        std::fill(odd_row, odd_row + Wo, A(0));
+      } else {
+        const T* row = x_plane + ih * p.in_w;
+        // Whole column pairs first, a loop without branches; an odd width leaves one even column.
+        const int64_t pairs = p.in_w / 2;
+        for (int64_t ow = 0; ow < pairs; ++ow) {
+          even_row[ow] = load_scalar(row + 2 * ow);
+          odd_row[ow] = load_scalar(row + 2 * ow + 1);
+        }
+        if (pairs < Wo) even_row[pairs] = load_scalar(row + 2 * pairs), odd_row[pairs] = A(0);
+      }
+      std::copy(odd_row, odd_row + Wo, odd_cut + oh * Wo);
+      odd_cut[oh * Wo + Wo - 1] = A(0);
+    }
+  }
+}
+
+template <typename T>
+void forward_nchw_flat(const DepthwiseParams<T>& p) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  const FlatTaps taps(p.stride, p.out_w);
+  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
+  // A tap reaches at most one row and one column back; the last vector reads up to L - 1 past the end.
+  const int64_t margin = p.out_w + 1, span = margin + out_plane + margin + L;
+  const int64_t grain = grain_for(out_plane, kMinPixelsPerThread);
+  at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
+    // Margins stay zero; every plane rewrites the rest.
+    std::vector<A> buffer(taps.sources * span, A(0));
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane % p.channels;
+      fill_flat_sources(p, p.x + plane * in_plane, span, margin, buffer.data());
+      const A* tap_base[kTaps];
+      V wv[kTaps];
+      for (int t = 0; t < kTaps; ++t) {
+        tap_base[t] = buffer.data() + taps.source[t] * span + margin + taps.offset[t];
+        wv[t] = V{} + p.weight[c * kTaps + t];
+      }
+      const V bias = V{} + (p.bias ? p.bias[c] : A(0));
+      T* y_plane = p.y + plane * out_plane;
+      for (int64_t q = 0; q < out_plane; q += L) {
+        // One accumulator per kernel row: three short FMA chains instead of one long one.
+        V acc[3];
+#pragma GCC unroll 3
+        for (int kh = 0; kh < 3; ++kh) {
+          acc[kh] = kh == 0 ? bias : V{};
+#pragma GCC unroll 3
+          for (int kw = 0; kw < 3; ++kw) {
+            V in;
+            std::memcpy(&in, tap_base[kh * 3 + kw] + q, sizeof in);
+            acc[kh] += wv[kh * 3 + kw] * in;
+          }
+        }
+        const V out = activate(acc[0] + acc[1] + acc[2], p.relu);
+        if (q + L <= out_plane) {
+          store_vec(y_plane + q, out);
+        } else {
+          store_vec_partial(y_plane + q, out, out_plane - q);
+        }
       }
     }
   });
@@ -320,7 +392,7 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
     if (problem.format == at::MemoryFormat::ChannelsLast) {
       forward_channels_last(p);
     } else if (p.out_w < kLanes<scalar_t>) {
-      forward_nchw_narrow(p);
+      forward_nchw_flat(p);
     } else {
       forward_nchw(p);
     }
