@@ -333,7 +333,7 @@ void forward_nchw_flat(const DepthwiseParams<T>& p) {
   constexpr int L = kLanes<T>;
   const FlatTaps taps(p.stride, p.out_w);
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  // A tap reaches at most one row and one column back; the last vector reads up to L - 1 past the end.
+  // Taps reach one row and one column either way, and the last vector runs up to L - 1 past the plane.
   const int64_t margin = p.out_w + 1, span = margin + out_plane + margin + L;
   const int64_t grain = grain_for(out_plane, kMinPixelsPerThread);
   at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
