@@ -57,6 +57,38 @@ inline V activate(V v, bool relu) {
   return relu ? (v < 0 ? V{} : v) : v;
 }
 
+// One channel's nine tap weights and bias, broadcast to vectors.
+template <typename T>
+struct ChannelWeights {
+  vec_t<T> tap[kTaps];
+  vec_t<T> bias;
+
+  ChannelWeights(const DepthwiseParams<T>& p, int64_t c) {
+    for (int t = 0; t < kTaps; ++t) tap[t] = vec_t<T>{} + p.weight[c * kTaps + t];
+    bias = vec_t<T>{} + (p.bias ? p.bias[c] : acc_t<T>(0));
+  }
+};
+
+// The output vector whose tap t starts at taps[t] + q, in a widened (accumulation-type) buffer.
+template <typename T>
+inline vec_t<T> output_vector(const acc_t<T>* const taps[kTaps], int64_t q, const ChannelWeights<T>& w,
+                              bool relu) {
+  using V = vec_t<T>;
+  // One accumulator per kernel row: three short FMA chains instead of one long one.
+  V acc[3];
+#pragma GCC unroll 3
+  for (int kh = 0; kh < 3; ++kh) {
+    acc[kh] = kh == 0 ? w.bias : V{};
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      V in;
+      std::memcpy(&in, taps[kh * 3 + kw] + q, sizeof in);
+      acc[kh] += w.tap[kh * 3 + kw] * in;
+    }
+  }
+  return activate(acc[0] + acc[1] + acc[2], relu);
+}
+
 // ---------------------------------------------------------------- NCHW
 
 // Widened row layout: stride 1 holds padded columns 0 .. W+1 (column c is
@@ -105,7 +137,6 @@ void widen_row(const T* src, int64_t in_w, int64_t stride, const RowLayout& layo
 template <typename T>
 void forward_nchw(const DepthwiseParams<T>& p) {
   using A = acc_t<T>;
-  using V = vec_t<T>;
   constexpr int L = kLanes<T>;
   const RowLayout layout(p.out_w, p.stride, L);
   // Output rows per task: their input rows fit the band buffer.
@@ -134,39 +165,20 @@ void forward_nchw(const DepthwiseParams<T>& p) {
           widen_row(x_plane + ih * p.in_w, p.in_w, p.stride, layout, dst);
         }
       }
-      const A* w = p.weight + c * kTaps;
-      V wv[kTaps];
-      for (int t = 0; t < kTaps; ++t) wv[t] = V{} + w[t];
-      const V bias = V{} + (p.bias ? p.bias[c] : A(0));
+      const ChannelWeights<T> weights(p, c);
       T* y_plane = p.y + plane * out_plane;
       for (int64_t oh = oh0; oh < oh1; ++oh) {
-        const A* rows[3];
+        const A* taps[kTaps];
         for (int kh = 0; kh < 3; ++kh)
-          rows[kh] = band.data() + (p.stride * oh + kh - r0) * layout.length;
+          for (int kw = 0; kw < 3; ++kw)
+            taps[kh * 3 + kw] = band.data() + (p.stride * oh + kh - r0) * layout.length + layout.tap_offset[kw];
         T* y_row = y_plane + oh * p.out_w;
-        const auto output_vector = [&](int64_t ow) {
-          // One accumulator per kernel row: three short FMA chains instead of one long one.
-          V acc[3];
-#pragma GCC unroll 3
-          for (int kh = 0; kh < 3; ++kh) {
-            acc[kh] = kh == 0 ? bias : V{};
-#pragma GCC unroll 3
-            for (int kw = 0; kw < 3; ++kw) {
-              V in;
-              std::memcpy(&in, rows[kh] + ow + layout.tap_offset[kw], sizeof in);
-              acc[kh] += wv[kh * 3 + kw] * in;
-            }
-          }
-          return activate(acc[0] + acc[1] + acc[2], p.relu);
-        };
-        if (p.out_w < L) {
-          const V v = output_vector(0);
-          for (int64_t i = 0; i < p.out_w; ++i) store_scalar(y_row + i, v[i]);
-          continue;
+        // Rows are at least a vector wide here; a ragged last vector overlaps its
+        // neighbour and rewrites identical values.
+        for (int64_t ow = 0; ow < p.out_w; ow += L) {
+          const int64_t start = std::min(ow, p.out_w - L);
+          store_vec(y_row + start, output_vector(taps, start, weights, p.relu));
         }
-        // A ragged last vector overlaps its neighbour and rewrites identical values.
-        for (int64_t ow = 0; ow < p.out_w; ow += L)
-          store_vec(y_row + std::min(ow, p.out_w - L), output_vector(std::min(ow, p.out_w - L)));
       }
     }
   });
@@ -300,28 +312,26 @@ void fill_flat_sources(const DepthwiseParams<T>& p, const T* x_plane, int64_t sp
     return;
   }
   for (int row_phase = 0; row_phase < 2; ++row_phase) {
-    A* even = copy(row_phase * 3);
-    A* odd_cut = copy(row_phase * 3 + 1);
-    A* odd = copy(row_phase * 3 + 2);
     for (int64_t oh = 0; oh < Ho; ++oh) {
       const int64_t ih = 2 * oh + row_phase;
-      A* even_row = even + oh * Wo;
-      A* odd_row = odd + oh * Wo;
+      A* even = copy(row_phase * 3) + oh * Wo;
+      A* odd_cut = copy(row_phase * 3 + 1) + oh * Wo;
+      A* odd = copy(row_phase * 3 + 2) + oh * Wo;
       if (ih >= p.in_h) {
-        std::fill(even_row, even_row + Wo, A(0));
-        std::fill(odd_row, odd_row + Wo, A(0));
-      } else {
-        const T* row = x_plane + ih * p.in_w;
-        // Whole column pairs first, a loop without branches; an odd width leaves one even column.
-        const int64_t pairs = p.in_w / 2;
-        for (int64_t ow = 0; ow < pairs; ++ow) {
-          even_row[ow] = load_scalar(row + 2 * ow);
-          odd_row[ow] = load_scalar(row + 2 * ow + 1);
-        }
-        if (pairs < Wo) even_row[pairs] = load_scalar(row + 2 * pairs), odd_row[pairs] = A(0);
+        std::fill(even, even + Wo, A(0));
+        std::fill(odd_cut, odd_cut + Wo, A(0));
+        std::fill(odd, odd + Wo, A(0));
+        continue;
       }
-      std::copy(odd_row, odd_row + Wo, odd_cut + oh * Wo);
-      odd_cut[oh * Wo + Wo - 1] = A(0);
+      const T* row = x_plane + ih * p.in_w;
+      // Whole column pairs first, a loop without branches; an odd width leaves one even column.
+      const int64_t pairs = p.in_w / 2;
+      for (int64_t ow = 0; ow < pairs; ++ow) {
+        even[ow] = load_scalar(row + 2 * ow);
+        odd[ow] = odd_cut[ow] = load_scalar(row + 2 * ow + 1);
+      }
+      if (pairs < Wo) even[pairs] = load_scalar(row + 2 * pairs), odd[pairs] = A(0);
+      odd_cut[Wo - 1] = A(0);
     }
   }
 }
@@ -343,27 +353,11 @@ void forward_nchw_flat(const DepthwiseParams<T>& p) {
       const int64_t c = plane % p.channels;
       fill_flat_sources(p, p.x + plane * in_plane, span, margin, buffer.data());
       const A* tap_base[kTaps];
-      V wv[kTaps];
-      for (int t = 0; t < kTaps; ++t) {
-        tap_base[t] = buffer.data() + taps.source[t] * span + margin + taps.offset[t];
-        wv[t] = V{} + p.weight[c * kTaps + t];
-      }
-      const V bias = V{} + (p.bias ? p.bias[c] : A(0));
+      for (int t = 0; t < kTaps; ++t) tap_base[t] = buffer.data() + taps.source[t] * span + margin + taps.offset[t];
+      const ChannelWeights<T> weights(p, c);
       T* y_plane = p.y + plane * out_plane;
       for (int64_t q = 0; q < out_plane; q += L) {
-        // One accumulator per kernel row: three short FMA chains instead of one long one.
-        V acc[3];
-#pragma GCC unroll 3
-        for (int kh = 0; kh < 3; ++kh) {
-          acc[kh] = kh == 0 ? bias : V{};
-#pragma GCC unroll 3
-          for (int kw = 0; kw < 3; ++kw) {
-            V in;
-            std::memcpy(&in, tap_base[kh * 3 + kw] + q, sizeof in);
-            acc[kh] += wv[kh * 3 + kw] * in;
-          }
-        }
-        const V out = activate(acc[0] + acc[1] + acc[2], p.relu);
+        const V out = output_vector(tap_base, q, weights, p.relu);
         if (q + L <= out_plane) {
           store_vec(y_plane + q, out);
         } else {
