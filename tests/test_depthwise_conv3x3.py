@@ -12,8 +12,9 @@ from tests.utils import BAD_INPUT_ENTRIES, assert_close_to, expect_rejected, flo
 
 OP = torch.ops.shufflenet_ops.depthwise_conv3x3
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-# (N, C, H, W): odd sizes, widths below, at and above the vector width, and
-# channel counts that are not a multiple of the vector width (21).
+# (N, C, H, W): odd sizes, widths below, at and above the vector width,
+# channel counts that are not a multiple of the vector width (21), and planes
+# that NCHW computes in several bands of rows (80x100).
 SHAPES = [
     (1, 3, 1, 1),
     (2, 5, 2, 3),
@@ -23,6 +24,7 @@ SHAPES = [
     (2, 3, 9, 13),
     (1, 1, 5, 40),
     (1, 21, 6, 17),
+    (1, 2, 80, 100),
     (0, 4, 5, 5),
 ]
 
@@ -86,6 +88,28 @@ def test_shufflenet_shapes(shape, stride, channels_last):
     check_against_reference(shape, torch.float32, stride=stride, bias=True, relu=True, channels_last=channels_last)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 7, 7), (1, 2, 14, 13), (1, 2, 28, 28), (1, 1, 80, 100)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_nan_and_inf_stay_in_their_windows(shape, stride, channels_last):
+    # At the first and last columns, and on the rows where NCHW bands of rows meet: a NaN or
+    # inf reaches exactly the outputs whose window holds it, never a neighbouring row's edge.
+    x, weight, b = (t.detach() for t in depthwise_inputs(*shape, torch.float32, channels_last=channels_last))
+    h, w = shape[2:]
+    for row, column, value in [(0, w - 1, float("nan")), (1, 0, float("inf")), (h // 2, w - 1, float("-inf")),
+                               (38, 0, float("nan")), (39, w - 1, float("nan")), (h - 1, 0, float("nan"))]:
+        if row < h:
+            x[:, :, row, column] = value
+    y = so.depthwise_conv3x3(x, weight, b, stride)
+    expected = so.reference.depthwise_conv3x3(x.double(), weight.double(), b.double(), stride)
+    assert torch.equal(y.isnan(), expected.isnan())
+    infinite = expected.isinf()
+    assert torch.equal(y.isinf(), infinite) and torch.equal(y[infinite], expected[infinite].float())
+    finite = expected.isfinite()
+    assert_close_to(y[finite], expected[finite], torch.float32, "finite outputs")
+
+
 @pytest.mark.parametrize(
     "make_input",
     [lambda x: x[:, :, ::2, 1:], lambda x: x.transpose(2, 3), lambda x: x[..., 1:], lambda x: x[:, 1:]],
@@ -136,6 +160,8 @@ def test_opcheck(args):
 def test_gradcheck(stride, relu, channels_last):
     x, w, b = depthwise_inputs(2, 3, 5, 6, torch.float64, channels_last=channels_last, seed=3)
     assert torch.autograd.gradcheck(lambda x, w, b: so.depthwise_conv3x3(x, w, b, stride, relu=relu), (x, w, b))
+    # Second derivatives too: the backward runs on differentiable ATen ops.
+    assert torch.autograd.gradgradcheck(lambda x, w, b: so.depthwise_conv3x3(x, w, b, stride, relu=relu), (x, w, b))
 
 
 def test_compiles():

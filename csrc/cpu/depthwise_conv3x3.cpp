@@ -2,14 +2,10 @@
 // with optional bias and ReLU: the ShuffleNet unit's middle layer, BatchNorm
 // folded in.
 //
-// NCHW: vectors run along W. Each task widens a band of input rows of one
-// channel plane into a zero-bordered float buffer (the conv padding, and for
-// stride 2 the even and odd columns split apart), so every output vector is
-// nine unaligned contiguous loads from that buffer, borders and stride 2
-// included.
-//
-// NCHW images narrower than a vector: each plane is computed flat, one vector
-// spanning several output rows, from copies that make every tap one offset.
+// NCHW: each task computes a band of output rows of one channel plane flat,
+// one vector spanning a stretch of output pixels in row-major order, from a
+// widened copy of the band's input rows that makes every tap one offset
+// (details below).
 //
 // channels_last: vectors run along C. Each output pixel is the sum of nine
 // taps of contiguous channel vectors times per-channel weight vectors; a tap
@@ -69,115 +65,185 @@ struct ChannelWeights {
   }
 };
 
-// The output vector whose tap t starts at taps[t] + q, in a widened (accumulation-type) buffer.
 template <typename T>
-inline vec_t<T> output_vector(const acc_t<T>* const taps[kTaps], int64_t q, const ChannelWeights<T>& w,
-                              bool relu) {
+using lane_mask_t = decltype(vec_t<T>{} < vec_t<T>{});
+
+// The NCHW output vector at flat position q of a band (below). Kernel row kh reads its centre
+// tap at centre[kh] + q and its left and right taps at side[kh] + q - 1 and side[kh] + q + 1
+// (stride 1: one source, centre = side) or side[kh] + q (stride 2: the centre reads the even
+// column phase, the sides the odd one). The left (right) taps read zero in the lanes where
+// not_first (not_last) is clear: output pixels at the first (last) column of a row, whose
+// neighbour would wrap into the next row. Stride 2's right taps never wrap.
+template <typename T, int kStride>
+inline vec_t<T> output_vector(const acc_t<T>* const centre[3], const acc_t<T>* const side[3], int64_t q,
+                              const ChannelWeights<T>& w, bool relu, lane_mask_t<T> not_first,
+                              lane_mask_t<T> not_last) {
   using V = vec_t<T>;
   // One accumulator per kernel row: three short FMA chains instead of one long one.
   V acc[3];
 #pragma GCC unroll 3
   for (int kh = 0; kh < 3; ++kh) {
-    acc[kh] = kh == 0 ? w.bias : V{};
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) {
-      V in;
-      std::memcpy(&in, taps[kh * 3 + kw] + q, sizeof in);
-      acc[kh] += w.tap[kh * 3 + kw] * in;
-    }
+    V left, middle, right;
+    std::memcpy(&left, side[kh] + q - 1, sizeof left);
+    std::memcpy(&middle, centre[kh] + q, sizeof middle);
+    std::memcpy(&right, side[kh] + q + (kStride == 1 ? 1 : 0), sizeof right);
+    left = not_first ? left : V{};
+    if constexpr (kStride == 1) right = not_last ? right : V{};
+    acc[kh] = (kh == 0 ? w.bias : V{}) + w.tap[kh * 3] * left;
+    acc[kh] += w.tap[kh * 3 + 1] * middle;
+    acc[kh] += w.tap[kh * 3 + 2] * right;
   }
   return activate(acc[0] + acc[1] + acc[2], relu);
 }
 
 // ---------------------------------------------------------------- NCHW
 
-// Widened row layout: stride 1 holds padded columns 0 .. W+1 (column c is
-// input column c - 1); stride 2 holds the even padded columns, then from
-// `half` on the odd ones, so output column o reads even[o], odd[o], even[o + 1].
-struct RowLayout {
-  int64_t half;    // length of one column phase
-  int64_t length;  // whole row
-  int64_t tap_offset[3];
+// Each task computes a band of output rows of one channel plane flat: vector i
+// holds the band's output pixels i * L ... i * L + L - 1 in row-major order
+// (spanning rows when the image is narrower than a vector, none left idle at a
+// row's end), and each tap reads its source at one flat offset from the output
+// position. The sources are the band's input rows widened into a buffer with
+// the row above and below (zero at the image's edge): as they are at stride 1;
+// split into their four (row, column) parity phases, each of the output's
+// width, at stride 2. A tap stepping one column left (or right) would wrap into
+// the neighbouring row at a row's first (last) column; a lane mask per vector,
+// the same for every band, zeroes those reads.
+template <typename T>
+struct BandPlan {
+  int64_t rows;     // output rows per band
+  int64_t bands;    // per plane
+  int64_t lead;     // elements of each source before the band's first output row
+  int64_t span;     // elements of each source
+  int sources;
+  // Per vector of a band: lanes whose output column is not the first / not the last.
+  std::vector<lane_mask_t<T>> not_first_column, not_last_column;
 
-  RowLayout(int64_t out_w, int64_t stride, int64_t lanes) {
-    half = round_up(out_w, lanes) + lanes;
-    if (stride == 1) {
-      length = half;
-      tap_offset[0] = 0, tap_offset[1] = 1, tap_offset[2] = 2;
-    } else {
-      length = 2 * half;
-      tap_offset[0] = 0, tap_offset[1] = half, tap_offset[2] = 1;
+  explicit BandPlan(const Window3x3Shape& s) {
+    constexpr int L = kLanes<T>;
+    const int64_t w = s.out_w;
+    sources = s.stride == 1 ? 1 : 4;
+    // One row back and one element more (the left tap of the first pixel); at stride 1 as far
+    // ahead, and the last vector reaches up to L - 1 past the band.
+    lead = w + 1;
+    const int64_t extra = lead + L + w + 1;
+    const int64_t budget = kBandBytes / static_cast<int64_t>(sizeof(acc_t<T>)) / sources;
+    rows = std::clamp<int64_t>((budget - extra) / std::max<int64_t>(w, 1), 1, s.out_h);
+    bands = (s.out_h + rows - 1) / rows;
+    const int64_t vectors = (rows * w + L - 1) / L;
+    span = lead + vectors * L + w + 1;
+    not_first_column.resize(vectors);
+    not_last_column.resize(vectors);
+    for (int64_t i = 0; i < vectors; ++i) {
+      for (int lane = 0; lane < L; ++lane) {
+        const int64_t column = (i * L + lane) % w;
+        not_first_column[i][lane] = column != 0 ? -1 : 0;
+        not_last_column[i][lane] = column != w - 1 ? -1 : 0;
+      }
     }
   }
 };
 
-// Writes only the positions that hold input values: the task's band buffer is
-// zeroed once, so the padding columns stay zero for every plane.
+// count elements from src to dst, widened to the accumulation type.
 template <typename T>
-void widen_row(const T* src, int64_t in_w, int64_t stride, const RowLayout& layout, acc_t<T>* dst) {
+void widen(const T* src, int64_t count, acc_t<T>* dst) {
   using V = vec_t<T>;
   constexpr int L = kLanes<T>;
-  if (stride == 1) {
-    // Vector copies and a short scalar tail: narrow rows cost no library calls.
-    int64_t i = 0;
-    for (; i + L <= in_w; i += L) {
-      const V v = load_vec(src + i);
-      std::memcpy(dst + 1 + i, &v, sizeof v);
-    }
-    for (; i < in_w; ++i) dst[1 + i] = load_scalar(src + i);
-    return;
+  int64_t i = 0;
+  for (; i + L <= count; i += L) {
+    const V v = load_vec(src + i);
+    std::memcpy(dst + i, &v, sizeof v);
   }
-  // Padded column 2j is input column 2j - 1; padded column 2j + 1 is input column 2j.
-  acc_t<T>* even = dst;
-  acc_t<T>* odd = dst + layout.half;
-  for (int64_t j = 1; j < in_w / 2 + 1; ++j) even[j] = load_scalar(src + 2 * j - 1);
-  for (int64_t j = 0; j < (in_w + 1) / 2; ++j) odd[j] = load_scalar(src + 2 * j);
+  if (i < count) store_vec_partial<acc_t<T>>(dst + i, load_vec_partial(src + i, count - i), count - i);
 }
 
+// An input row's even and odd columns, widened (an odd column past the row is zero).
 template <typename T>
+void split_columns(const T* row, int64_t in_w, acc_t<T>* even, acc_t<T>* odd) {
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  for (int64_t i = 0; i < in_w; i += 2 * L) {
+    const int64_t count = std::min<int64_t>(2 * L, in_w - i);
+    const V low = count >= L ? load_vec(row + i) : load_vec_partial(row + i, count);
+    const V high = count == 2 * L ? load_vec(row + i + L)
+                   : count > L    ? load_vec_partial(row + i + L, count - L)
+                                  : V{};
+    const int64_t pairs = (count + 1) / 2;
+    store_vec_partial<acc_t<T>>(even + i / 2, every_other_lane<0>(low, high), pairs);
+    store_vec_partial<acc_t<T>>(odd + i / 2, every_other_lane<1>(low, high), pairs);
+  }
+}
+
+// Fills the sources of output rows [oh0, oh1) of one plane. Source s starts at
+// buffer + s * span; its row r (r = -1 the row above) at + lead + r * out_w.
+template <typename T>
+void fill_band(const DepthwiseParams<T>& p, const BandPlan<T>& plan, const T* x_plane, int64_t oh0,
+               int64_t oh1, acc_t<T>* buffer) {
+  using A = acc_t<T>;
+  const int64_t w = p.out_w;
+  const auto row = [&](int source, int64_t r) { return buffer + source * plan.span + plan.lead + r * w; };
+  if (p.stride == 1) {
+    for (int64_t ih = oh0 - 1; ih <= oh1; ih += oh1 - oh0 + 1) {  // the rows above and below
+      if (ih < 0 || ih >= p.in_h) {
+        std::fill(row(0, ih - oh0), row(0, ih - oh0) + w, A(0));
+      } else {
+        widen(x_plane + ih * w, w, row(0, ih - oh0));
+      }
+    }
+    widen(x_plane + oh0 * w, (oh1 - oh0) * w, row(0, 0));
+    return;
+  }
+  // Sources: even input rows (even, odd columns), odd input rows (even, odd columns). Kernel
+  // row 0 of output row oh reads odd input row 2 oh - 1, row -1 of the odd-row phases.
+  for (int64_t oh = oh0 - 1; oh < oh1; ++oh) {
+    const int64_t r = oh - oh0;
+    if (oh >= oh0) split_columns(x_plane + 2 * oh * p.in_w, p.in_w, row(0, r), row(1, r));
+    if (oh >= 0 && 2 * oh + 1 < p.in_h) {
+      split_columns(x_plane + (2 * oh + 1) * p.in_w, p.in_w, row(2, r), row(3, r));
+    } else {
+      std::fill(row(2, r), row(2, r) + w, A(0));
+      std::fill(row(3, r), row(3, r) + w, A(0));
+    }
+  }
+}
+
+template <typename T, int kStride>
 void forward_nchw(const DepthwiseParams<T>& p) {
   using A = acc_t<T>;
   constexpr int L = kLanes<T>;
-  const RowLayout layout(p.out_w, p.stride, L);
-  // Output rows per task: their input rows fit the band buffer.
-  const int64_t band_rows = std::clamp<int64_t>(
-      kBandBytes / (layout.length * static_cast<int64_t>(sizeof(A)) * p.stride), 1, p.out_h);
-  const int64_t bands = (p.out_h + band_rows - 1) / band_rows;
-  const int64_t pixels_per_task = band_rows * p.out_w;
-  const int64_t grain = grain_for(pixels_per_task, kMinPixelsPerThread);
-  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  at::parallel_for(0, p.batch * p.channels * bands, grain, [&](int64_t begin, int64_t end) {
-    const int64_t max_rows = p.stride * (band_rows - 1) + 3;
-    std::vector<A> band(max_rows * layout.length, A(0));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t plane = task / bands, c = plane % p.channels;
-      const int64_t oh0 = task % bands * band_rows, oh1 = std::min(p.out_h, oh0 + band_rows);
-      // Padded row r is input row r - 1.
-      const int64_t r0 = p.stride * oh0, r1 = p.stride * (oh1 - 1) + 3;
-      const T* x_plane = p.x + plane * in_plane;
-      for (int64_t r = r0; r < r1; ++r) {
-        A* dst = band.data() + (r - r0) * layout.length;
-        const int64_t ih = r - 1;
-        if (ih < 0 || ih >= p.in_h) {
-          // An earlier task may have left input values in this row.
-          std::fill(dst, dst + layout.length, A(0));
-        } else {
-          widen_row(x_plane + ih * p.in_w, p.in_w, p.stride, layout, dst);
-        }
+  const BandPlan<T> plan(p);
+  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w, w = p.out_w;
+  const int64_t grain = grain_for(plan.rows * w, kMinPixelsPerThread);
+  at::parallel_for(0, p.batch * p.channels * plan.bands, grain, [&](int64_t begin, int64_t end) {
+    // What no band writes (the margins past the last vector) stays zero.
+    std::vector<A> buffer(plan.sources * plan.span, A(0));
+    const auto source = [&](int s, int64_t r) { return buffer.data() + s * plan.span + plan.lead + r * w; };
+    const A* centre[3];
+    const A* side[3];
+    for (int kh = 0; kh < 3; ++kh) {
+      if (kStride == 1) {
+        centre[kh] = side[kh] = source(0, kh - 1);
+      } else {
+        const int phase = kh == 1 ? 0 : 2;
+        centre[kh] = source(phase, kh == 0 ? -1 : 0);
+        side[kh] = source(phase + 1, kh == 0 ? -1 : 0);
       }
-      const ChannelWeights<T> weights(p, c);
-      T* y_plane = p.y + plane * out_plane;
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        const A* taps[kTaps];
-        for (int kh = 0; kh < 3; ++kh)
-          for (int kw = 0; kw < 3; ++kw)
-            taps[kh * 3 + kw] = band.data() + (p.stride * oh + kh - r0) * layout.length + layout.tap_offset[kw];
-        T* y_row = y_plane + oh * p.out_w;
-        // Rows are at least a vector wide here; a ragged last vector overlaps its
-        // neighbour and rewrites identical values.
-        for (int64_t ow = 0; ow < p.out_w; ow += L) {
-          const int64_t start = std::min(ow, p.out_w - L);
-          store_vec(y_row + start, output_vector(taps, start, weights, p.relu));
+    }
+    const lane_mask_t<T>* not_first = plan.not_first_column.data();
+    const lane_mask_t<T>* not_last = plan.not_last_column.data();
+    const bool relu = p.relu;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / plan.bands;
+      const int64_t oh0 = task % plan.bands * plan.rows, oh1 = std::min(p.out_h, oh0 + plan.rows);
+      fill_band(p, plan, p.x + plane * in_plane, oh0, oh1, buffer.data());
+      const ChannelWeights<T> weights(p, plane % p.channels);
+      T* y_band = p.y + plane * out_plane + oh0 * w;
+      const int64_t pixels = (oh1 - oh0) * w;
+      for (int64_t q = 0, i = 0; q < pixels; q += L, ++i) {
+        const vec_t<T> out = output_vector<T, kStride>(centre, side, q, weights, relu, not_first[i], not_last[i]);
+        if (q + L <= pixels) {
+          store_vec(y_band + q, out);
+        } else {
+          store_vec_partial(y_band + q, out, pixels - q);
         }
       }
     }
@@ -261,113 +327,6 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
   });
 }
 
-// ---------------------------------------------------------------- NCHW, narrow
-
-// NCHW images narrower than a vector (the 14x14 and 7x7 stages) would leave
-// most lanes of a row vector idle. Here each plane is computed flat: one vector
-// spans several output rows, and each tap reads its source at one flat offset.
-// A stride-2 plane is first split into its (row, column) parity phases, each of
-// the output's size. A tap that steps one column left or right reads a copy in
-// which the column it would wrap into is zero; zero margins around every copy
-// are the padding rows.
-struct FlatTaps {
-  int sources;            // source copies per plane
-  int source[kTaps];      // which copy tap t reads
-  int64_t offset[kTaps];  // at which flat offset from the output position
-
-  FlatTaps(int64_t stride, int64_t out_w) {
-    for (int kh = 0; kh < 3; ++kh) {
-      for (int kw = 0; kw < 3; ++kw) {
-        const int t = kh * 3 + kw;
-        if (stride == 1) {
-          // Copies: 0 as is, 1 without its last column (read one column left), 2 without its first.
-          source[t] = kw == 1 ? 0 : kw == 0 ? 1 : 2;
-          offset[t] = (kh - 1) * out_w + (kw - 1);
-        } else {
-          // Input row 2 * oh + kh - 1: kh = 1 is the even-row phase at oh, kh = 0 and 2 the odd one
-          // at oh - 1 and oh; likewise for columns. Copies per row phase: 0 even columns, 1 odd
-          // columns without the last, 2 odd columns.
-          const int row_phase = kh == 1 ? 0 : 1, column_copy = kw == 1 ? 0 : kw == 0 ? 1 : 2;
-          source[t] = row_phase * 3 + column_copy;
-          offset[t] = (kh == 0 ? -out_w : 0) + (kw == 0 ? -1 : 0);
-        }
-      }
-    }
-    sources = stride == 1 ? 3 : 6;
-  }
-};
-
-template <typename T>
-void fill_flat_sources(const DepthwiseParams<T>& p, const T* x_plane, int64_t span, int64_t margin,
-                       acc_t<T>* buffer) {
-  using A = acc_t<T>;
-  const int64_t Ho = p.out_h, Wo = p.out_w;
-  const auto copy = [&](int index) { return buffer + index * span + margin; };
-  if (p.stride == 1) {
-    A* plain = copy(0);
-    for (int64_t q = 0; q < Ho * Wo; ++q) plain[q] = load_scalar(x_plane + q);
-    std::copy(plain, plain + Ho * Wo, copy(1));
-    std::copy(plain, plain + Ho * Wo, copy(2));
-    for (int64_t oh = 0; oh < Ho; ++oh) copy(1)[oh * Wo + Wo - 1] = copy(2)[oh * Wo] = A(0);
-    return;
-  }
-  for (int row_phase = 0; row_phase < 2; ++row_phase) {
-    for (int64_t oh = 0; oh < Ho; ++oh) {
-      const int64_t ih = 2 * oh + row_phase;
-      A* even = copy(row_phase * 3) + oh * Wo;
-      A* odd_cut = copy(row_phase * 3 + 1) + oh * Wo;
-      A* odd = copy(row_phase * 3 + 2) + oh * Wo;
-      if (ih >= p.in_h) {
-        std::fill(even, even + Wo, A(0));
-        std::fill(odd_cut, odd_cut + Wo, A(0));
-        std::fill(odd, odd + Wo, A(0));
-        continue;
-      }
-      const T* row = x_plane + ih * p.in_w;
-      // Whole column pairs first, a loop without branches; an odd width leaves one even column.
-      const int64_t pairs = p.in_w / 2;
-      for (int64_t ow = 0; ow < pairs; ++ow) {
-        even[ow] = load_scalar(row + 2 * ow);
-        odd[ow] = odd_cut[ow] = load_scalar(row + 2 * ow + 1);
-      }
-      if (pairs < Wo) even[pairs] = load_scalar(row + 2 * pairs), odd[pairs] = A(0);
-      odd_cut[Wo - 1] = A(0);
-    }
-  }
-}
-
-template <typename T>
-void forward_nchw_flat(const DepthwiseParams<T>& p) {
-  using A = acc_t<T>;
-  using V = vec_t<T>;
-  constexpr int L = kLanes<T>;
-  const FlatTaps taps(p.stride, p.out_w);
-  const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
-  // Taps reach one row and one column either way, and the last vector runs up to L - 1 past the plane.
-  const int64_t margin = p.out_w + 1, span = margin + out_plane + margin + L;
-  const int64_t grain = grain_for(out_plane, kMinPixelsPerThread);
-  at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
-    // Margins stay zero; every plane rewrites the rest.
-    std::vector<A> buffer(taps.sources * span, A(0));
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t c = plane % p.channels;
-      fill_flat_sources(p, p.x + plane * in_plane, span, margin, buffer.data());
-      const A* tap_base[kTaps];
-      for (int t = 0; t < kTaps; ++t) tap_base[t] = buffer.data() + taps.source[t] * span + margin + taps.offset[t];
-      const ChannelWeights<T> weights(p, c);
-      T* y_plane = p.y + plane * out_plane;
-      for (int64_t q = 0; q < out_plane; q += L) {
-        const V out = output_vector(tap_base, q, weights, p.relu);
-        if (q + L <= out_plane) {
-          store_vec(y_plane + q, out);
-        } else {
-          store_vec_partial(y_plane + q, out, out_plane - q);
-        }
-      }
-    }
-  });
-}
-
 // ---------------------------------------------------------------- binding
 
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weight,
@@ -385,10 +344,10 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
                                       b.empty() ? nullptr : b.data(), y.mutable_data_ptr<scalar_t>(), relu};
     if (problem.format == at::MemoryFormat::ChannelsLast) {
       forward_channels_last(p);
-    } else if (p.out_w < kLanes<scalar_t>) {
-      forward_nchw_flat(p);
+    } else if (stride == 1) {
+      forward_nchw<scalar_t, 1>(p);
     } else {
-      forward_nchw(p);
+      forward_nchw<scalar_t, 2>(p);
     }
   });
   return y;

@@ -147,6 +147,20 @@ inline V max_keeping_nan(V a, V b) {
   return b != b ? b : larger;
 }
 
+namespace detail {
+template <int kFirst, typename V, size_t... I>
+inline V every_other_lane(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (kFirst + 2 * static_cast<int>(I))...);
+}
+}  // namespace detail
+
+// Lanes kFirst, kFirst + 2, kFirst + 4, ... of a followed by b: with kFirst 0 and 1, the even
+// and odd elements of two consecutive vectors.
+template <int kFirst, typename V>
+inline V every_other_lane(V a, V b) {
+  return detail::every_other_lane<kFirst>(a, b, std::make_index_sequence<sizeof(V) / sizeof(a[0])>());
+}
+
 inline int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
 
 namespace detail {
