@@ -1,8 +1,8 @@
-// Autograd of the op families (op_families.h), compiled and registered for
-// every device: a Python autograd kernel costs tens of microseconds per call,
-// as much as a 1x1 convolution of a late ShuffleNet stage.
+// Autograd of every op, compiled and registered for every device: a Python
+// autograd kernel costs microseconds per call even where no graph is recorded
+// (inference), as much as a depthwise conv of a late ShuffleNet stage.
 //
-// Every backward calls the family's ops from the top of the dispatcher, and the
+// In the op families (op_families.h) every backward calls the family's ops from the top of the dispatcher, and the
 // backward ops have autograd of their own, so gradients are differentiable
 // again (double backward). The conv and its two gradients are bilinear, so the
 // derivatives of each are the other two ops:
@@ -15,8 +15,10 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "op_families.h"
 
@@ -254,6 +256,148 @@ class GradBias : public torch::autograd::Function<GradBias<Family>> {
   }
 };
 
+// ---------------------------------------------------------------- ops differentiated by ATen
+//
+// The depthwise conv, the 3x3 pooling and the stem have native forward kernels
+// only; their backward runs on stock ATen ops (and so is differentiable again).
+// Reduced precision is differentiated in float32: ATen's reduced-precision CPU
+// convolution backward can return garbage for windows that hang over the
+// border (seen for bfloat16, stride 2, a 1x1 input).
+
+at::ScalarType backward_compute_type(at::ScalarType type) {
+  return type == at::kBFloat16 || type == at::kHalf ? at::kFloat : type;
+}
+
+at::Tensor to_type_or_undefined(const at::Tensor& t, at::ScalarType type) {
+  return t.defined() ? t.to(type) : t;
+}
+
+constexpr int64_t kWindow = 3;
+
+class DepthwiseConv3x3 : public torch::autograd::Function<DepthwiseConv3x3> {
+ public:
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+                               bool);
+  static const auto& op() {
+    static const auto handle = find_op<Signature>("", "depthwise_conv3x3");
+    return handle;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t stride, bool relu) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op().call(x, weight, bias, stride, relu);
+    ctx->save_for_backward({x, weight, relu ? y : at::Tensor()});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &relu_output = saved[2];
+    at::Tensor grad = grads[0];
+    if (relu_output.defined()) {
+      grad = at::threshold_backward(grad, relu_output, 0);
+    }
+    const int64_t stride = ctx->saved_data["stride"].toInt();
+    const bool want_x = ctx->needs_input_grad(0), want_weight = ctx->needs_input_grad(1);
+    at::Tensor grad_x, grad_weight, grad_bias;
+    if (want_x || want_weight) {
+      const at::ScalarType compute = backward_compute_type(x.scalar_type());
+      const std::array<c10::SymInt, 2> strides{stride, stride}, ones{1, 1}, zeros{0, 0};
+      std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward_symint(
+          grad.to(compute), x.to(compute), weight.to(compute), std::nullopt, strides, ones, ones, false, zeros,
+          x.sym_size(1), {want_x, want_weight, false});
+      grad_x = to_type_or_undefined(grad_x, x.scalar_type());
+      grad_weight = to_type_or_undefined(grad_weight, weight.scalar_type());
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_bias = grad.sum({0, 2, 3});
+    }
+    return {grad_x, grad_weight, grad_bias, at::Tensor(), at::Tensor()};
+  }
+};
+
+class Pool3x3 : public torch::autograd::Function<Pool3x3> {
+ public:
+  using Signature = at::Tensor(const at::Tensor&, int64_t, bool);
+  static const auto& op() {
+    static const auto handle = find_op<Signature>("", "pool3x3");
+    return handle;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t stride, bool average) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({x});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["average"] = average;
+    return op().call(x, stride, average);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    const at::Tensor& grad = grads[0];
+    // ATen's pooling refuses empty channels or images; their gradient is empty too.
+    if (x.sym_numel() == 0) return {at::zeros_like(x), at::Tensor(), at::Tensor()};
+    const int64_t stride = ctx->saved_data["stride"].toInt();
+    const std::array<int64_t, 2> window{kWindow, kWindow}, strides{stride, stride}, padding{1, 1},
+        dilation{1, 1};
+    if (ctx->saved_data["average"].toBool()) {
+      return {at::avg_pool2d_backward(grad, x, window, strides, padding, false, true, std::nullopt), at::Tensor(),
+              at::Tensor()};
+    }
+    // The forward keeps no indices: recomputing them here costs a training step
+    // one more pooling pass, and saves inference from computing them at all.
+    const at::Tensor indices = std::get<1>(at::max_pool2d_with_indices(x, window, strides, padding, dilation, false));
+    return {at::max_pool2d_with_indices_backward(grad, x, window, strides, padding, dilation, false, indices),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+class StemConv3x3MaxPool : public torch::autograd::Function<StemConv3x3MaxPool> {
+ public:
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
+  static const auto& op() {
+    static const auto handle = find_op<Signature>("", "stem_conv3x3_maxpool");
+    return handle;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({x, weight, bias.value_or(at::Tensor())});
+    return op().call(x, weight, bias);
+  }
+
+  // The forward keeps neither the convolution's output nor the pooling's
+  // indices: a training step recomputes them here, and inference never stores them.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const at::ScalarType compute = backward_compute_type(x.scalar_type());
+    const at::Tensor x_c = x.to(compute), weight_c = weight.to(compute);
+    const std::array<int64_t, 2> window{kWindow, kWindow}, stride{2, 2}, padding{1, 1}, dilation{1, 1};
+    const at::Tensor activation = at::relu(at::convolution(x_c, weight_c, to_type_or_undefined(bias, compute),
+                                                           stride, padding, dilation, false, {0, 0}, 1));
+    const at::Tensor indices =
+        std::get<1>(at::max_pool2d_with_indices(activation, window, stride, padding, dilation, false));
+    at::Tensor grad = at::max_pool2d_with_indices_backward(grads[0].to(compute), activation, window, stride,
+                                                           padding, dilation, false, indices);
+    grad = at::threshold_backward(grad, activation, 0);
+    const bool has_bias = bias.defined();
+    at::OptionalSymIntArrayRef bias_sizes;
+    if (has_bias) bias_sizes = bias.sym_sizes();
+    const std::array<c10::SymInt, 2> sym_stride{2, 2}, sym_ones{1, 1}, sym_zeros{0, 0};
+    auto [grad_x, grad_weight, grad_bias] = at::convolution_backward_symint(
+        grad, x_c, weight_c, bias_sizes, sym_stride, sym_ones, sym_ones, false, sym_zeros, 1,
+        {ctx->needs_input_grad(0), ctx->needs_input_grad(1), has_bias && ctx->needs_input_grad(2)});
+    // x, weight and bias share a dtype.
+    return {to_type_or_undefined(grad_x, x.scalar_type()), to_type_or_undefined(grad_weight, x.scalar_type()),
+            to_type_or_undefined(grad_bias, x.scalar_type())};
+  }
+};
+
 template <typename NotATensor>
 bool requires_grad(const NotATensor&) {
   return false;
@@ -298,6 +442,9 @@ void register_family(torch::Library& m) {
 TORCH_LIBRARY_IMPL(shufflenet_ops, Autograd, m) {
   register_family<NativeFamily>(m);
   register_family<TritonFamily>(m);
+  m.impl("depthwise_conv3x3", &AutogradKernel<DepthwiseConv3x3>::run);
+  m.impl("pool3x3", &AutogradKernel<Pool3x3>::run);
+  m.impl("stem_conv3x3_maxpool", &AutogradKernel<StemConv3x3MaxPool>::run);
 }
 
 }  // namespace shufflenet_ops

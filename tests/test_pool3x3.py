@@ -170,6 +170,8 @@ def test_opcheck(args):
 def test_gradcheck(kind, stride, channels_last):
     x = random_activation((2, 3, 5, 6), torch.float64, channels_last=channels_last, rng=3).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: KINDS[kind][0](x, stride), (x,))
+    # Second derivatives too: the backward runs on differentiable ATen ops.
+    assert torch.autograd.gradgradcheck(lambda x: KINDS[kind][0](x, stride), (x,))
 
 
 def test_no_gradient_requested():

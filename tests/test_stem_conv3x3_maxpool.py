@@ -126,6 +126,8 @@ def test_gradcheck(bias):
     x, w, b = stem_inputs(2, 2, 3, 7, 6, torch.float64, bias=bias, seed=3)
     inputs = (x, w) if b is None else (x, w, b)
     assert torch.autograd.gradcheck(lambda *a: so.stem_conv3x3_maxpool(*a), inputs)
+    # Second derivatives too: the backward runs on differentiable ATen ops.
+    assert torch.autograd.gradgradcheck(lambda *a: so.stem_conv3x3_maxpool(*a), inputs)
 
 
 def test_compiles():
