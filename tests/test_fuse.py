@@ -402,6 +402,33 @@ def test_torchvision_shufflenet_v2_x1_0(torchvision_shufflenetv2, mode):
     assert_same_function(model, fused, torch.randn(3, 3, 32, 32, dtype=dtype), train=mode == "train")
 
 
+# --- the fused module as a module ---------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fused_module_reads_its_current_tensors(mode):
+    # Its forward reads each weight through a property of its own class: what to(), state dicts,
+    # reassignment and deletion do to the module's tensors must still be what the forward sees.
+    torch.manual_seed(0)
+    model = getattr(randomize_batch_norms(so.models.shufflenet_v1(3, 0.25, 10)), mode)()
+    x = torch.randn(2, 3, 32, 32)
+    fused, other = (so.fuse(copy.deepcopy(model), x) for _ in range(2))
+    fused.double()
+    assert_same_function(model.double(), fused, x.double(), train=mode == "train")
+    state = {name: torch.randn_like(t) if t.is_floating_point() else t for name, t in fused.state_dict().items()}
+    fused.load_state_dict(state)
+    expected = fused(x.double())
+    other.double().load_state_dict(state)
+    torch.testing.assert_close(other(x.double()), expected)
+    if mode == "train":
+        return
+    # The folded weights are the fused module's own buffers.
+    name = next(n for n, t in fused.named_buffers() if "." not in n and t.is_floating_point())
+    setattr(fused, name, torch.zeros_like(getattr(fused, name)))
+    assert not torch.equal(fused(x.double()), expected)
+    delattr(fused, name)
+    assert not hasattr(fused, name) and hasattr(other, name)
+
+
 # --- what it tells the user -------------------------------------------------------------------------
 
 class DataDependent(nn.Module):
