@@ -31,14 +31,21 @@ SHUFFLENET_HOST_DEVICE int64_t shuffle_destination_channel(int64_t in_channel, i
 
 // Both maps as lookup tables over every channel, filled in the order of the
 // shuffle's (C / groups, groups) view: no division per channel, for host code
-// that builds a table on every call.
+// that builds a table on every call. One group is the identity, filled as
+// such: a loop of one-iteration inner loops costs a microsecond at 960 channels.
+inline void fill_identity_table(int64_t channels, int64_t* table) {
+  for (int64_t c = 0; c < channels; ++c) table[c] = c;
+}
+
 inline void fill_shuffle_source_table(int64_t groups, int64_t channels, int64_t* table) {
+  if (groups == 1) return fill_identity_table(channels, table);
   const int64_t per_group = channels / groups;
   for (int64_t i = 0; i < per_group; ++i)
     for (int64_t j = 0; j < groups; ++j) table[i * groups + j] = j * per_group + i;
 }
 
 inline void fill_shuffle_destination_table(int64_t groups, int64_t channels, int64_t* table) {
+  if (groups == 1) return fill_identity_table(channels, table);
   const int64_t per_group = channels / groups;
   for (int64_t i = 0; i < per_group; ++i)
     for (int64_t j = 0; j < groups; ++j) table[j * per_group + i] = i * groups + j;
