@@ -10,7 +10,7 @@
 // NCHW: vectors run along W, all in registers. The window's left and right
 // columns are the row reduction's vector with one lane of its neighbour
 // shifted in; for stride 2 the even and odd columns of two consecutive vectors
-// are split apart first, with __builtin_shufflevector.
+// are split apart first, with vector shuffles.
 //
 // channels_last: vectors run along C. Each input column's reduction over the
 // three rows is computed once per output row and carried in registers to the
@@ -121,16 +121,6 @@ inline V lanes_from(V a, V b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (kStart + static_cast<int>(I))...);
 }
 
-template <typename V, size_t... I>
-inline V even_lanes(V lo, V hi, std::index_sequence<I...>) {
-  return __builtin_shufflevector(lo, hi, (2 * I)...);
-}
-
-template <typename V, size_t... I>
-inline V odd_lanes(V lo, V hi, std::index_sequence<I...>) {
-  return __builtin_shufflevector(lo, hi, (2 * I + 1)...);
-}
-
 // One NCHW output row at a time, in registers: the row reduction of input
 // columns [from, from + L), then the 3-wide window of it with neighbouring
 // vectors' lanes shifted in.
@@ -164,7 +154,7 @@ class NchwRow {
     if (o == 0) carried_ = padding();
     // Output o + j reads columns 2(o + j) - 1, 2(o + j) and 2(o + j) + 1.
     const V lo = columns(2 * o), hi = columns(2 * o + L);
-    const V middle = even_lanes(lo, hi, kLaneSequence), right = odd_lanes(lo, hi, kLaneSequence);
+    const V middle = every_other_lane<0>(lo, hi), right = every_other_lane<1>(lo, hi);
     const V left = lanes_from<L - 1>(carried_, right, kLaneSequence);
     carried_ = right;
     return window(left, middle, right);
