@@ -2,10 +2,11 @@
 // autograd kernel costs microseconds per call even where no graph is recorded
 // (inference), as much as a depthwise conv of a late ShuffleNet stage.
 //
-// In the op families (op_families.h) every backward calls the family's ops from the top of the dispatcher, and the
-// backward ops have autograd of their own, so gradients are differentiable
-// again (double backward). The conv and its two gradients are bilinear, so the
-// derivatives of each are the other two ops:
+// In the op families (op_families.h) every backward calls the family's ops
+// from the top of the dispatcher, and the backward ops have autograd of their
+// own, so gradients are differentiable again (double backward). The conv and
+// its two gradients are bilinear, so the derivatives of each are the other two
+// ops:
 //   y  = conv(x, W)           dL/dx = grad_input(g, W),   dL/dW = grad_weight(g, x)
 //   gx = grad_input(g, W)     dL/dg = conv(u, W),          dL/dW = grad_weight(g, u)
 //   gW = grad_weight(g, x)    dL/dg = conv(x, U),          dL/dx = grad_input(g, U)
