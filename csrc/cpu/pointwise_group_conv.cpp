@@ -339,9 +339,9 @@ struct ActivationLayout {
   int64_t pixels;  // H * W
   bool pixel_major;
   int64_t channel_stride() const { return pixel_major ? 1 : pixels; }
-  // Offset of flattened pixel q = n * pixels + p, channel 0.
-  int64_t pixel_offset(int64_t q) const {
-    return pixel_major ? q * channels : (q / pixels) * channels * pixels + q % pixels;
+  // Offset of pixel p of image n, channel 0.
+  int64_t pixel_offset(int64_t n, int64_t p) const {
+    return pixel_major ? (n * pixels + p) * channels : n * channels * pixels + p;
   }
 };
 
@@ -374,14 +374,17 @@ void grad_weight_rows(const ConvProblem& p, const ChannelTables& t, const T* gy,
     a_rows[r] = row_data + row_channel[row_begin + r] * row_layout.channel_stride();
   acc_t<T>* out = partial + j * M * K;
 
+  // Flattened pixel q = n * pixels + pixel, stepped without a division per pixel.
+  int64_t n = q0 / p.pixels(), pixel = q0 % p.pixels();
   for (int64_t c0 = q0; c0 < q1; c0 += chunk) {
     const int64_t depth = std::min(chunk, q1 - c0);
     for (int64_t i = 0; i < depth; ++i) {
-      a_offsets[i] = row_layout.pixel_offset(c0 + i);
-      const T* pixel = panel_data + panel_layout.pixel_offset(c0 + i);
+      a_offsets[i] = row_layout.pixel_offset(n, pixel);
+      const T* source = panel_data + panel_layout.pixel_offset(n, pixel);
       T* dst = panel.data() + i * padded_channels;
       for (int64_t c = 0; c < panel_channels; ++c)
-        dst[c] = pixel[panel_channel[c] * panel_layout.channel_stride()];
+        dst[c] = source[panel_channel[c] * panel_layout.channel_stride()];
+      if (++pixel == p.pixels()) pixel = 0, ++n;
     }
     GemmOperands<T> g{a_rows.data(), a_offsets.data(), panel_rows.data(), depth};
     g.b_rows_padded = true;
