@@ -446,6 +446,19 @@ def test_batch_of_one_example_specializes_the_batch_size():
         fused(torch.randn(2, 12, 4, 4))
 
 
+@pytest.mark.parametrize("call", ["two-tensors", "keyword", "list"])
+def test_calls_of_another_structure_get_torch_exports_error(call):
+    # A call with the exported structure skips torch.export's per-call pytree check; any other
+    # call must still get it, with its error.
+    model = ConvShuffleConv(wrap(SHUFFLES["torch.channel_shuffle"]), True, True).eval()
+    x = torch.randn(2, 12, 4, 4)
+    fused = so.fuse(model, x)
+    assert_same_function(model, fused, x, train=False)
+    calls = {"two-tensors": lambda: fused(x, x), "keyword": lambda: fused(x=x), "list": lambda: fused([x])}
+    with pytest.raises(ValueError, match=r"tree spec|keyword mismatch"):
+        calls[call]()
+
+
 def test_capture_failure_raises_a_clear_error():
     with pytest.raises(FuseError, match="torch.export could not capture DataDependent"):
         so.fuse(DataDependent(), torch.randn(1, 4, 2, 2))
