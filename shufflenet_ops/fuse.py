@@ -244,8 +244,8 @@ def _check_plain_tensor_inputs_cheaply(gm: fx.GraphModule, example_args: tuple) 
     by flattening them as a pytree (about 13 us a call, a hundredth of a ShuffleNet forward);
     its shape guards run in the forward itself. For a model exported from plain tensors alone, a
     call with as many plain tensors and no keywords has that structure: it is let through, and
-    any other call still gets torch's check and its error. Left as is where the check or the
-    guards are not the ones this was measured against."""
+    any other call still gets torch's check and its error. Where torch names the check
+    otherwise, or has no guard function, the module is left as torch made it."""
     try:
         from torch.export._unlift import _check_input_constraints_pre_hook as structure_check
     except ImportError:
