@@ -306,9 +306,11 @@ class DepthwiseConv3x3 : public torch::autograd::Function<DepthwiseConv3x3> {
     at::Tensor grad_x, grad_weight, grad_bias;
     if (want_x || want_weight) {
       const at::ScalarType compute = backward_compute_type(x.scalar_type());
-      const std::array<c10::SymInt, 2> strides{stride, stride}, ones{1, 1}, zeros{0, 0};
+      const std::array<int64_t, 2> strides{stride, stride}, ones{1, 1}, zeros{0, 0};
+      // The symint overload: the group count is x's channel count, symbolic under torch.compile.
       std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward_symint(
-          grad.to(compute), x.to(compute), weight.to(compute), std::nullopt, strides, ones, ones, false, zeros,
+          grad.to(compute), x.to(compute), weight.to(compute), std::nullopt, c10::fromIntArrayRefSlow(strides),
+          c10::fromIntArrayRefSlow(ones), c10::fromIntArrayRefSlow(ones), false, c10::fromIntArrayRefSlow(zeros),
           x.sym_size(1), {want_x, want_weight, false});
       grad_x = to_type_or_undefined(grad_x, x.scalar_type());
       grad_weight = to_type_or_undefined(grad_weight, weight.scalar_type());
@@ -378,9 +380,10 @@ class StemConv3x3MaxPool : public torch::autograd::Function<StemConv3x3MaxPool> 
     const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const at::ScalarType compute = backward_compute_type(x.scalar_type());
     const at::Tensor x_c = x.to(compute), weight_c = weight.to(compute);
-    const std::array<int64_t, 2> window{kWindow, kWindow}, stride{2, 2}, padding{1, 1}, dilation{1, 1};
+    const std::array<int64_t, 2> window{kWindow, kWindow}, stride{2, 2}, padding{1, 1}, dilation{1, 1},
+        output_padding{0, 0};
     const at::Tensor activation = at::relu(at::convolution(x_c, weight_c, to_type_or_undefined(bias, compute),
-                                                           stride, padding, dilation, false, {0, 0}, 1));
+                                                           stride, padding, dilation, false, output_padding, 1));
     const at::Tensor indices =
         std::get<1>(at::max_pool2d_with_indices(activation, window, stride, padding, dilation, false));
     at::Tensor grad = at::max_pool2d_with_indices_backward(grads[0].to(compute), activation, window, stride,
@@ -389,9 +392,10 @@ class StemConv3x3MaxPool : public torch::autograd::Function<StemConv3x3MaxPool> 
     const bool has_bias = bias.defined();
     at::OptionalSymIntArrayRef bias_sizes;
     if (has_bias) bias_sizes = bias.sym_sizes();
-    const std::array<c10::SymInt, 2> sym_stride{2, 2}, sym_ones{1, 1}, sym_zeros{0, 0};
+    // The symint overload: the bias size may be symbolic under torch.compile.
     auto [grad_x, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grad, x_c, weight_c, bias_sizes, sym_stride, sym_ones, sym_ones, false, sym_zeros, 1,
+        grad, x_c, weight_c, bias_sizes, c10::fromIntArrayRefSlow(stride), c10::fromIntArrayRefSlow(padding),
+        c10::fromIntArrayRefSlow(dilation), false, c10::fromIntArrayRefSlow(output_padding), 1,
         {ctx->needs_input_grad(0), ctx->needs_input_grad(1), has_bias && ctx->needs_input_grad(2)});
     // x, weight and bias share a dtype.
     return {to_type_or_undefined(grad_x, x.scalar_type()), to_type_or_undefined(grad_weight, x.scalar_type()),

@@ -93,12 +93,14 @@ def test_shufflenet_shapes(shape, stride, channels_last):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_nan_and_inf_stay_in_their_windows(shape, stride, channels_last):
-    # At the first and last columns, and on the rows where NCHW bands of rows meet: a NaN or
+    # At the first and last columns, and on the input rows where float32 NCHW bands of rows meet
+    # at 80x100 (38 output rows a band at stride 1, 18 at stride 2, so input rows 35-39): a NaN or
     # inf reaches exactly the outputs whose window holds it, never a neighbouring row's edge.
     x, weight, b = (t.detach() for t in depthwise_inputs(*shape, torch.float32, channels_last=channels_last))
     h, w = shape[2:]
     for row, column, value in [(0, w - 1, float("nan")), (1, 0, float("inf")), (h // 2, w - 1, float("-inf")),
-                               (38, 0, float("nan")), (39, w - 1, float("nan")), (h - 1, 0, float("nan"))]:
+                               (35, w - 1, float("nan")), (36, 0, float("inf")), (38, 0, float("nan")),
+                               (39, w - 1, float("nan")), (h - 1, 0, float("nan"))]:
         if row < h:
             x[:, :, row, column] = value
     y = so.depthwise_conv3x3(x, weight, b, stride)
