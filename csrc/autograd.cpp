@@ -44,12 +44,6 @@ using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* prefix, const char* name) {
-  const std::string qualified = std::string("shufflenet_ops::") + prefix + name;
-  return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Signature>();
-}
-
 // ---------------------------------------------------------------- backward nodes
 
 // The backward node of one op call: the tensors its derivative needs, the op's
@@ -476,8 +470,10 @@ at::Tensor max_pool_indices(const at::Tensor& x, int64_t stride) {
   return std::get<1>(at::max_pool2d_with_indices(x, kWindow2d, strides, kOnes, kOnes, false));
 }
 
+// (reshape, not flatten: vmap has a batching rule for the first only.)
 at::Tensor gather_at_indices(const at::Tensor& t, const at::Tensor& indices) {
-  return t.flatten(2).gather(2, indices.flatten(2)).view_symint(indices.sym_sizes());
+  const std::vector<c10::SymInt> planes{t.sym_size(0), t.sym_size(1), -1};
+  return t.reshape_symint(planes).gather(2, indices.reshape_symint(planes)).view_symint(indices.sym_sizes());
 }
 
 struct DepthwiseConv3x3 {

@@ -4,6 +4,10 @@
 // shufflenet_ops/ops.py mirrors these prefixes in its OpFamily objects.
 #pragma once
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <string>
+
 namespace shufflenet_ops {
 
 struct NativeFamily {
@@ -13,5 +17,12 @@ struct NativeFamily {
 struct TritonFamily {
   static constexpr const char* prefix = "triton_";
 };
+
+// The handle of the registered op shufflenet_ops::<prefix><name>.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* prefix, const char* name) {
+  const std::string qualified = std::string("shufflenet_ops::") + prefix + name;
+  return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Signature>();
+}
 
 }  // namespace shufflenet_ops

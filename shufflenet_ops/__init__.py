@@ -9,6 +9,7 @@ from .backends import available_backends
 from .functional import (
     avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv, stem_conv3x3_maxpool)
 from . import triton as _triton_backend  # noqa: F401  (registers backend "triton" where triton is installed)
+from . import batching  # noqa: F401,E402  (registers the ops' torch.vmap rules)
 from . import flops, models, nn  # noqa: E402  (flops registers the ops' FLOP formulas)
 from .fuse import fuse  # noqa: E402
 
