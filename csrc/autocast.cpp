@@ -36,19 +36,51 @@ struct StemConv3x3MaxPoolOp {
   static std::string name() { return "stem_conv3x3_maxpool"; }
 };
 
+// The dispatch key of Device's autocast, excluded while the op runs below it.
+template <c10::DeviceType Device>
+struct BelowAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{at::autocast::get_autocast_dispatch_key_from_device_type(Device)};
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(Device);
+};
+
 template <c10::DeviceType Device, typename Op, typename Signature = typename Op::Signature>
 struct Autocast;
 
 template <c10::DeviceType Device, typename Op, typename... Args>
 struct Autocast<Device, Op, at::Tensor(Args...)> {
+  // Looked up at the first call: the schemas are defined in another
+  // translation unit, whose registration may run after this one's.
+  static const c10::TypedOperatorHandle<at::Tensor(Args...)>& op() {
+    static const auto handle = find_op<at::Tensor(Args...)>("", Op::name().c_str());
+    return handle;
+  }
+
   static at::Tensor run(Args... args) {
-    // Looked up at the first call: the schemas are defined in another
-    // translation unit, whose registration may run after this one's.
-    static const auto op = find_op<at::Tensor(Args...)>("", Op::name().c_str());
-    c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(Device));
-    const at::ScalarType dtype = at::autocast::get_autocast_dtype(Device);
+    const BelowAutocast<Device> below;
     // cached_cast casts the floating-point tensors on Device and passes the rest through.
-    return op.call(at::autocast::cached_cast(dtype, args, Device)...);
+    return op().call(at::autocast::cached_cast(below.dtype, args, Device)...);
+  }
+};
+
+// The conv's residual is added after the convolution, and stock autocast does
+// not cast an addition: a residual in another floating dtype (a float32 one,
+// say) is added in the promoted dtype, as conv2d(...) + residual would be.
+template <c10::DeviceType Device, typename Family>
+struct Autocast<Device, PointwiseGroupConvOp<Family>, ConvSignature> {
+  static at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        int64_t groups, int64_t input_shuffle, int64_t output_shuffle, bool relu,
+                        const std::optional<at::Tensor>& residual) {
+    static const auto op = find_op<ConvSignature>("", PointwiseGroupConvOp<Family>::name().c_str());
+    const BelowAutocast<Device> below;
+    const auto cast = [&](const auto& t) { return at::autocast::cached_cast(below.dtype, t, Device); };
+    const at::Tensor cast_x = cast(x);
+    if (!residual || !residual->defined() || residual->scalar_type() == cast_x.scalar_type()) {
+      return op.call(cast_x, cast(weight), cast(bias), groups, input_shuffle, output_shuffle, relu, residual);
+    }
+    at::Tensor y =
+        op.call(cast_x, cast(weight), cast(bias), groups, input_shuffle, output_shuffle, false, std::nullopt) +
+        *residual;
+    return relu ? at::relu(y) : y;
   }
 };
 
