@@ -218,3 +218,73 @@ def test_unknown_backend_names_the_available_ones():
         so.channel_shuffle(x, 2, backend="nope")
     assert {"reference", "native"} <= set(so.available_backends())
     assert "native" in so.available_backends("cpu")
+
+
+OPS = torch.ops.shufflenet_ops
+
+
+def one_zero_channel_per_group(x, weight, groups):
+    """The operands of the same conv with one zero input channel per group: an empty sum becomes
+    a sum of zero products, which stock conv2d computes (for C_in = 0 it returns no channels)."""
+    n, _, h, w = x.shape
+    zeros = torch.zeros(n, groups, h, w, dtype=x.dtype).to(memory_format=suggest_memory_format(x))
+    return zeros, torch.zeros(weight.shape[0], 1, 1, 1, dtype=weight.dtype)
+
+
+@pytest.mark.parametrize("groups,output_shuffle", [(1, None), (3, 3), (3, 2)], ids=["g1", "g3-shuffle3", "g3-shuffle2"])
+@pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (True, True)], ids=["", "bias", "bias-res"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("entry", ["public", "registered"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_empty_reduction(groups, output_shuffle, bias, residual, layout, entry, dtype):
+    """C_in = 0 (C_in / groups = 0): the output is the bias (or zeros), shuffled, plus the
+    residual, then the ReLU; the gradients of bias and residual are the output's."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(2, 0, 3, 8 if layout == "strided" else 4, dtype=torch.float64)
+    x = base.to(dtype)[..., ::2] if layout == "strided" else base.to(dtype)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 0, 1, 1, dtype=dtype, requires_grad=True)
+    b = torch.randn(6, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() if bias else None
+    r = torch.randn(2, 6, 3, 4, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() if residual else None
+    x.requires_grad_()
+    if entry == "public":
+        y = so.pointwise_group_conv(x, weight, b, groups, input_shuffle=groups, output_shuffle=output_shuffle,
+                                    relu=True, residual=r)
+    else:
+        y = OPS.pointwise_group_conv(x, weight, b, groups, groups, output_shuffle or 1, True, r)
+    padded_x, padded_w = one_zero_channel_per_group(x.detach(), weight.detach(), groups)
+    x64, w64, b64, r64 = float64_leaves(padded_x, padded_w, b, r)
+    y64 = so.reference.pointwise_group_conv(x64, w64, b64, groups, output_shuffle=output_shuffle, relu=True,
+                                            residual=r64)
+    assert y.shape == (2, 6, 3, 4) and y.dtype == dtype
+    assert y.is_contiguous(memory_format=suggest_memory_format(x))
+    assert_close_to(y, y64, dtype, "output")
+
+    grad = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(grad.to(dtype))
+    y64.backward(grad)
+    assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
+    if bias:
+        assert_close_to(b.grad, b64.grad, dtype, "grad bias")
+    if residual:
+        assert_close_to(r.grad, r64.grad, dtype, "grad residual")
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("weight_dim", [2, 4])
+def test_zero_output_channels_is_rejected_as_by_the_reference(groups, weight_dim):
+    x = torch.randn(2, 6, 3, 3)
+    weight = torch.randn(0, 6 // groups, *([1, 1] if weight_dim == 4 else []))
+    with pytest.raises(RuntimeError, match=r"expected weight to be at least"):  # stock conv2d
+        so.reference.pointwise_group_conv(x, weight, None, groups)
+    pattern = (r"pointwise_group_conv: expected weight.size\(0\) \(C_out = 0\) to be a positive multiple of "
+               rf"groups \({groups}\)")
+    with pytest.raises(ValueError, match=pattern):
+        so.pointwise_group_conv(x, weight, None, groups)
+    with pytest.raises(ValueError, match=pattern):
+        OPS.pointwise_group_conv(x.to(memory_format=torch.channels_last), weight, None, groups, 1, 1, True)
+    with pytest.raises(ValueError, match=r"weight.size\(0\) \(C_out = 0\)"):
+        OPS.pointwise_group_conv_grad_input(torch.randn(2, 0, 3, 3), weight, groups, 1, 1)
+    with pytest.raises(ValueError, match=r"grad_out.size\(1\) \(C_out = 0\)"):
+        OPS.pointwise_group_conv_grad_weight(torch.randn(2, 0, 3, 3), x, groups, 1, 1)

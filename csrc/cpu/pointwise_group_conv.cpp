@@ -298,7 +298,6 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
   at::Tensor gx = at::empty({p.batch, p.in_channels, p.height, p.width},
                             grad_out_in.options().memory_format(format));
   if (gx.numel() == 0) return gx;
-  if (p.out_channels == 0) return gx.zero_();
   const at::Tensor gy = grad_out_in.contiguous(format);
   const at::Tensor weight = weight_in.contiguous();
   const ChannelTables tables(p);
