@@ -288,3 +288,66 @@ def test_zero_output_channels_is_rejected_as_by_the_reference(groups, weight_dim
         OPS.pointwise_group_conv_grad_input(torch.randn(2, 0, 3, 3), weight, groups, 1, 1)
     with pytest.raises(ValueError, match=r"grad_out.size\(1\) \(C_out = 0\)"):
         OPS.pointwise_group_conv_grad_weight(torch.randn(2, 0, 3, 3), x, groups, 1, 1)
+
+
+def assert_same_floats(actual, expected):
+    """Equal bit for bit, -0.0 and +0.0 told apart, NaN where expected has NaN (of any payload:
+    ATen's bfloat16 ReLU writes its own)."""
+    nan = expected.isnan()
+    assert torch.equal(actual.isnan(), nan)
+    as_bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    assert torch.equal(actual[~nan].view(as_bits), expected[~nan].view(as_bits))
+
+
+# (C_in, C_out, H, W, groups, output_shuffle, channels_last): each epilogue that fuses the
+# ReLU: full vectors stored from registers, a ragged tail through the tile, a short tail
+# as dot products, channels_last rows, and channels_last scalar stores through a shuffle.
+RELU_EPILOGUES = {
+    "nchw-registers": (12, 16, 4, 16, 1, None, False),
+    "nchw-ragged-tail": (12, 16, 3, 7, 1, None, False),
+    "nchw-dot-tail": (200, 26, 1, 51, 2, 2, False),
+    "nhwc-rows": (12, 16, 3, 5, 1, None, True),
+    "nhwc-shuffled-stores": (12, 18, 3, 5, 3, 3, True),
+}
+
+
+def relu_edge_inputs(c_in, c_out, h, w, groups, channels_last, dtype):
+    """Inputs whose sums before the ReLU include NaN (a NaN input pixel), values of both signs,
+    and exact zeros (output channels with zero weights and a bias of -0.0), plus a residual of
+    -0.0, which adds nothing."""
+    x, weight, _ = conv_inputs(2, c_in, c_out, h, w, groups, dtype, bias=False, channels_last=channels_last)
+    x, weight = x.detach(), weight.detach()
+    x[0, 0, 0, 0] = float("nan")
+    x[1, -1, h - 1, w - 1] = float("nan")
+    weight[::3] = 0
+    bias = torch.randn(c_out, generator=torch.Generator().manual_seed(7)).to(dtype)
+    bias[::3] = -0.0
+    residual = torch.full((2, c_out, h, w), -0.0, dtype=dtype)
+    return x, weight, bias, residual
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("epilogue", list(RELU_EPILOGUES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_relu_is_f_relu(epilogue, residual, dtype):
+    """The fused ReLU is F.relu bit for bit (x < 0 ? 0 : x: NaN stays NaN, -0.0 stays -0.0)
+    applied to the op's own sums, and matches the reference: NaN where it has NaN, and the
+    sign of every zero."""
+    c_in, c_out, h, w, groups, output_shuffle, channels_last = RELU_EPILOGUES[epilogue]
+    x, weight, bias, r = relu_edge_inputs(c_in, c_out, h, w, groups, channels_last, dtype)
+    r = r if residual else None
+    kwargs = dict(output_shuffle=output_shuffle, residual=r)
+    y = so.pointwise_group_conv(x, weight, bias, groups, relu=True, **kwargs)
+    linear = so.pointwise_group_conv(x, weight, bias, groups, relu=False, **kwargs)
+    assert linear.isnan().any() and (linear == 0).any() and (linear < 0).any()
+    assert_same_floats(y, torch.nn.functional.relu(linear))
+
+    expected = so.reference.pointwise_group_conv(x, weight, bias, groups, relu=True, **kwargs)
+    assert torch.equal(y.isnan(), expected.isnan())
+    torch.testing.assert_close(y, expected, equal_nan=True, atol=1e-2 if dtype == torch.bfloat16 else 1e-5,
+                               rtol=1.6e-2 if dtype == torch.bfloat16 else 1e-5)
+    # ATen's float64 convolution starts its sums at the bias, its float32 and bfloat16 ones
+    # (oneDNN) at +0.0, as ours do: a sum of zeros is +0.0 whatever the signs of its terms.
+    if dtype != torch.float64:
+        zeros = expected == 0
+        assert torch.equal(y[zeros].signbit(), expected[zeros].signbit())

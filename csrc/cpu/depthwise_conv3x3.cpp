@@ -299,7 +299,10 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
   std::vector<A> packed_weight(kTaps * weight_stride, A(0)), packed_bias(weight_stride, A(0));
   for (int64_t c = 0; c < C; ++c) {
     for (int t = 0; t < kTaps; ++t) packed_weight[t * weight_stride + c] = p.weight[c * kTaps + t];
-    if (p.bias) packed_bias[c] = p.bias[c];
+    // The sum starts at +0, as in the NCHW path and the GEMM kernels: a sum of
+    // zeros is then +0.0 whatever their signs (a bias of -0.0 included), as
+    // ATen's channels_last convolution gives it.
+    if (p.bias) packed_bias[c] = p.bias[c] + A(0);
   }
   const std::vector<T> zeros(std::max<int64_t>(C, L), T(0));
   // Channel vectors: full ones, the last overlapping its neighbour when C is
