@@ -183,7 +183,16 @@ void check_dtype_supported(const char* op, const at::Tensor& t,
     sep = ", ";
   }
   TORCH_CHECK_TYPE(false, op, ": this backend supports dtypes {", names.str(), "} on ",
-                   t.device().type(), ", got ", t.scalar_type());
+                   t.device().type(), ", got ", t.scalar_type(),
+                   "; convert the tensors to one of these dtypes");
+}
+
+void reject_uncomputable_dtype(const char* op, const at::Tensor& t, const char* cause) {
+  TORCH_CHECK_TYPE(false, op, ": dtype ", t.scalar_type(), " is computed neither by this kernel nor by PyTorch's own ",
+                   t.device().type(), " operators (", cause,
+                   "); convert the tensors to float32, float64, bfloat16 or float16 first");
+  // TORCH_CHECK_TYPE(false, ...) always throws; this tells the compiler so.
+  __builtin_unreachable();
 }
 
 }  // namespace shufflenet_ops

@@ -198,4 +198,5 @@ def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> Non
     """Each backend states the dtypes its kernels implement (the C++ twin: check_dtype_supported)."""
     if t.dtype not in supported:
         names = ", ".join(str(d).removeprefix("torch.") for d in supported)
-        raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}")
+        raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}; "
+                        "convert the tensors to one of these dtypes")
