@@ -50,6 +50,13 @@ void check_weight(const char* op, const at::Tensor& weight) {
                     weight.sizes());
 }
 
+// A convolution needs at least one output channel per group (stock conv2d
+// rejects C_out = 0 as well); its input channels may be none, an empty sum.
+void check_out_channels(const char* op, const char* name, int64_t out_channels, int64_t groups) {
+  TORCH_CHECK_VALUE(out_channels > 0, op, ": expected ", name, " (C_out = ", out_channels,
+                    ") to be a positive multiple of groups (", groups, ")");
+}
+
 void check_shuffles(const char* op, ConvProblem& p) {
   check_groups(op, "groups", p.groups, "input channels", p.in_channels);
   check_groups(op, "groups", p.groups, "output channels", p.out_channels);
@@ -77,6 +84,7 @@ ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& we
   ConvProblem p{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3),
                 groups, input_shuffle, output_shuffle};
   check_shuffles(op, p);
+  check_out_channels(op, "weight.size(0)", p.out_channels, groups);
   TORCH_CHECK_VALUE(weight.size(1) * groups == p.in_channels, op, ": expected weight.size(1) (",
                     weight.size(1), ") to equal C_in / groups (", p.in_channels, " / ", groups,
                     ")");
@@ -100,6 +108,7 @@ ConvProblem check_grad_input(const at::Tensor& grad_out, const at::Tensor& weigh
   ConvProblem p{grad_out.size(0), weight.size(1) * groups, weight.size(0), grad_out.size(2),
                 grad_out.size(3), groups, input_shuffle, output_shuffle};
   check_shuffles(op, p);
+  check_out_channels(op, "weight.size(0)", p.out_channels, groups);
   TORCH_CHECK_VALUE(grad_out.size(1) == p.out_channels, op, ": expected grad_out.size(1) (",
                     grad_out.size(1), ") to equal weight.size(0) (", p.out_channels, ")");
   return p;
@@ -114,6 +123,7 @@ ConvProblem check_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, i
   ConvProblem p{x.size(0), x.size(1), grad_out.size(1), x.size(2), x.size(3),
                 groups, input_shuffle, output_shuffle};
   check_shuffles(op, p);
+  check_out_channels(op, "grad_out.size(1)", p.out_channels, groups);
   const bool same_pixels = grad_out.size(0) == x.size(0) && grad_out.size(2) == x.size(2) &&
                            grad_out.size(3) == x.size(3);
   TORCH_CHECK_VALUE(same_pixels, op, ": expected grad_out (", grad_out.sizes(),
@@ -173,7 +183,16 @@ void check_dtype_supported(const char* op, const at::Tensor& t,
     sep = ", ";
   }
   TORCH_CHECK_TYPE(false, op, ": this backend supports dtypes {", names.str(), "} on ",
-                   t.device().type(), ", got ", t.scalar_type());
+                   t.device().type(), ", got ", t.scalar_type(),
+                   "; convert the tensors to one of these dtypes");
+}
+
+void reject_uncomputable_dtype(const char* op, const at::Tensor& t, const char* cause) {
+  TORCH_CHECK_TYPE(false, op, ": dtype ", t.scalar_type(), " is computed neither by this kernel nor by PyTorch's own ",
+                   t.device().type(), " operators (", cause,
+                   "); convert the tensors to float32, float64, bfloat16 or float16 first");
+  // TORCH_CHECK_TYPE(false, ...) always throws; this tells the compiler so.
+  __builtin_unreachable();
 }
 
 }  // namespace shufflenet_ops

@@ -56,4 +56,8 @@ void check_stem_conv3x3_maxpool(const at::Tensor& x, const at::Tensor& weight,
 void check_dtype_supported(const char* op, const at::Tensor& t,
                            std::initializer_list<at::ScalarType> supported);
 
+// Where neither the op's kernel nor stock ATen computes t's dtype on t's device:
+// a TypeError that names the dtype and what to do; `cause` is ATen's message.
+[[noreturn]] void reject_uncomputable_dtype(const char* op, const at::Tensor& t, const char* cause);
+
 }  // namespace shufflenet_ops

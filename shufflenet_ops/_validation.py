@@ -60,6 +60,14 @@ def _weight(weight: torch.Tensor, op: str) -> None:
         )
 
 
+def _out_channels(name: str, out_channels: int, groups: int, op: str) -> None:
+    """A convolution needs at least one output channel per group (stock conv2d rejects C_out = 0
+    as well); its input channels may be none, an empty sum."""
+    if out_channels <= 0:
+        raise ValueError(
+            f"{op}: expected {name} (C_out = {out_channels}) to be a positive multiple of groups ({groups})")
+
+
 def _shuffles(op: str, in_channels, out_channels, groups, input_shuffle, output_shuffle) -> None:
     _divides(groups, "groups", "input channels", in_channels, op)
     _divides(groups, "groups", "output channels", out_channels, op)
@@ -104,6 +112,7 @@ def check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_sh
     _matches(weight, "weight", x, "x", op)
     _weight(weight, op)
     _shuffles(op, x.shape[1], weight.shape[0], groups, input_shuffle, output_shuffle)
+    _out_channels("weight.size(0)", weight.shape[0], groups, op)
     if weight.shape[1] * groups != x.shape[1]:
         raise ValueError(
             f"{op}: expected weight.size(1) ({weight.shape[1]}) to equal C_in / groups ({x.shape[1]} / {groups})"
@@ -126,6 +135,7 @@ def check_grad_input(grad_out, weight, groups, input_shuffle, output_shuffle) ->
     if groups <= 0:
         raise ValueError(f"{op}: expected groups to be a positive integer, got {groups}")
     _shuffles(op, weight.shape[1] * groups, weight.shape[0], groups, input_shuffle, output_shuffle)
+    _out_channels("weight.size(0)", weight.shape[0], groups, op)
     if grad_out.shape[1] != weight.shape[0]:
         raise ValueError(
             f"{op}: expected grad_out.size(1) ({grad_out.shape[1]}) to equal weight.size(0) ({weight.shape[0]})"
@@ -138,6 +148,7 @@ def check_grad_weight(grad_out, x, groups, input_shuffle, output_shuffle) -> Non
     _activation(x, "x", op)
     _matches(x, "x", grad_out, "grad_out", op)
     _shuffles(op, x.shape[1], grad_out.shape[1], groups, input_shuffle, output_shuffle)
+    _out_channels("grad_out.size(1)", grad_out.shape[1], groups, op)
     if (grad_out.shape[0], grad_out.shape[2], grad_out.shape[3]) != (x.shape[0], x.shape[2], x.shape[3]):
         raise ValueError(
             f"{op}: expected grad_out ({list(grad_out.shape)}) and x ({list(x.shape)}) to agree in N, H and W"
@@ -187,4 +198,5 @@ def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> Non
     """Each backend states the dtypes its kernels implement (the C++ twin: check_dtype_supported)."""
     if t.dtype not in supported:
         names = ", ".join(str(d).removeprefix("torch.") for d in supported)
-        raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}")
+        raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}; "
+                        "convert the tensors to one of these dtypes")

@@ -60,6 +60,11 @@ CONV_CASES = {
                        r"residual to have the same dtype as x"),
     "residual-device": (dict(residual=torch.randn(2, 6, 4, 4, device="meta")), ValueError,
                         r"residual to be on the same device as x"),
+    # Stock conv2d rejects C_out = 0 too ("expected weight to be at least 3 at dimension 0").
+    "weight-no-output-channels": (dict(weight=torch.randn(0, 4, 1, 1), bias=None, output_shuffle=1), ValueError,
+                                  r"weight.size\(0\) \(C_out = 0\) to be a positive multiple of groups \(3\)"),
+    "weight-2d-no-output-channels": (dict(weight=torch.randn(0, 4), bias=torch.randn(0), output_shuffle=1),
+                                     ValueError, r"weight.size\(0\) \(C_out = 0\) to be a positive multiple"),
 }
 
 
@@ -82,9 +87,11 @@ def test_registered_op_called_directly(case):
                                  a["residual"])
 
 
-def test_unsupported_floating_dtype_names_the_supported_ones():
-    x, w = torch.randn(1, 4, 2, 2, dtype=torch.float16), torch.randn(4, 4, 1, 1, dtype=torch.float16)
-    with pytest.raises(TypeError, match=r"supports dtypes \{Float, Double, BFloat16\}.*got Half"):
+def test_floating_dtype_no_cpu_operator_computes_is_named():
+    # float16 runs PyTorch's own CPU operators inside the op (tests/test_dtypes.py); float8 has none.
+    x, w = torch.zeros(1, 4, 2, 2, dtype=torch.float8_e4m3fn), torch.zeros(4, 4, 1, 1, dtype=torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"dtype Float8_e4m3fn is computed neither by this kernel nor by PyTorch's "
+                                        r"own cpu operators .*; convert the tensors to float32"):
         so.pointwise_group_conv(x, w, backend="native")
 
 
@@ -157,6 +164,12 @@ GRAD_CASES = [
      ValueError, r"groups \(5\) to divide the input channels \(12\)"),
     ("grad_weight-dtype", lambda: OPS.pointwise_group_conv_grad_weight(torch.randn(2, 6, 3, 3), torch.randn(2, 12, 3, 3, dtype=torch.float64), 3, 1, 1),
      TypeError, r"x to have the same dtype as grad_out"),
+    ("grad_input-no-output-channels",
+     lambda: OPS.pointwise_group_conv_grad_input(torch.randn(2, 0, 3, 3), torch.randn(0, 4, 1, 1), 3, 1, 1),
+     ValueError, r"pointwise_group_conv_grad_input: expected weight.size\(0\) \(C_out = 0\) to be a positive multiple"),
+    ("grad_weight-no-output-channels",
+     lambda: OPS.pointwise_group_conv_grad_weight(torch.randn(2, 0, 3, 3), torch.randn(2, 12, 3, 3), 3, 1, 1),
+     ValueError, r"pointwise_group_conv_grad_weight: expected grad_out.size\(1\) \(C_out = 0\) to be a positive"),
     ("grad_bias-shuffle", lambda: OPS.pointwise_group_conv_grad_bias(torch.randn(2, 6, 3, 3), 4),
      ValueError, r"output_shuffle \(4\) to divide the output channels \(6\)"),
     ("grad_bias-rank", lambda: OPS.pointwise_group_conv_grad_bias(torch.randn(2, 6, 3), 1),

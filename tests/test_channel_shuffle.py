@@ -53,6 +53,52 @@ def test_other_ranks(shape):
     torch.testing.assert_close(so.channel_shuffle(x5, 3), torch.channel_shuffle(x5, 3), rtol=0, atol=0)
 
 
+# Every element size a dtype has (1, 2, 4, 8, 16 bytes), integer, bool, floating and complex.
+ALL_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32,
+              torch.float32, torch.complex32, torch.int64, torch.float64, torch.complex64, torch.complex128]
+
+
+def values(shape, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    if dtype.is_complex:
+        return torch.randn(shape, generator=gen, dtype=torch.complex128).to(dtype)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    return torch.randint(0, 2 if dtype == torch.bool else 100, shape, generator=gen).to(dtype)
+
+
+def same_bits(a, b):
+    """Equal element for element, for dtypes torch.equal has no kernel for (complex32)."""
+    flat = [torch.empty(t.numel(), dtype=t.dtype).copy_(t.reshape(-1)) for t in (a, b)]
+    return a.shape == b.shape and torch.equal(flat[0].view(torch.uint8), flat[1].view(torch.uint8))
+
+
+# Shapes whose size-1 dimensions make a dense tensor count as NCHW and channels_last (or
+# channels_last_3d) at once, and ones with a single size-1 spatial dimension, in every layout:
+# dense, channels-last, and a strided view of each.
+SIZE_ONE_SHAPES = [(1, 4, 1, 1), (2, 4, 1, 1), (2, 6, 1, 3), (2, 6, 3, 1), (1, 4, 1, 1, 1), (2, 6, 1, 2, 1)]
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("shape", SIZE_ONE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "channels_last-strided"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_every_element_size_and_size_one_layout(shape, layout, dtype):
+    x = values(shape, dtype)
+    if layout.startswith("channels_last"):
+        # Channels-last strides even where size-1 dimensions make x count as both layouts
+        # (x.contiguous(memory_format=...) would keep x's NCHW strides there).
+        memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = torch.empty(shape, dtype=dtype, memory_format=memory_format).copy_(x)
+    if layout.endswith("strided"):
+        x = torch.cat([x, x], dim=-1)[..., ::2]
+    assert x.shape == shape
+    groups = shape[1] // 2
+    y = so.channel_shuffle(x, groups)
+    assert same_bits(y, so.reference.channel_shuffle(x, groups))
+    assert same_bits(torch.ops.shufflenet_ops.channel_shuffle(x, groups), y)
+
+
 @pytest.mark.parametrize(
     "make_view",
     [

@@ -8,6 +8,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 import shufflenet_ops as so
+from tests.test_pointwise_group_conv import assert_same_floats
 from tests.utils import BAD_INPUT_ENTRIES, assert_close_to, expect_rejected, float64_leaves, random_activation
 
 OP = torch.ops.shufflenet_ops.depthwise_conv3x3
@@ -212,9 +213,11 @@ def test_bad_input(case, entry, monkeypatch):
                     registered=lambda: OP(a["x"], a["weight"], a["bias"], a["stride"], False))
 
 
-def test_unsupported_floating_dtype_names_the_supported_ones():
-    x, w = torch.randn(1, 4, 3, 3, dtype=torch.float16), torch.randn(4, 1, 3, 3, dtype=torch.float16)
-    with pytest.raises(TypeError, match=r"supports dtypes \{Float, Double, BFloat16\}.*got Half"):
+def test_floating_dtype_no_cpu_operator_computes_is_named():
+    # float16 runs PyTorch's own convolution inside the op (tests/test_dtypes.py); float8 has none.
+    x, w = torch.zeros(1, 4, 3, 3, dtype=torch.float8_e5m2), torch.zeros(4, 1, 3, 3, dtype=torch.float8_e5m2)
+    with pytest.raises(TypeError, match=r"dtype Float8_e5m2 is computed neither by this kernel nor by PyTorch's "
+                                        r"own cpu operators .*; convert the tensors to float32"):
         OP(x, w, None, 1, False)
 
 
@@ -222,3 +225,33 @@ def test_unsupported_floating_dtype_names_the_supported_ones():
 def test_python_stride_type(stride):
     with pytest.raises(TypeError, match=r"stride to be an int"):
         so.depthwise_conv3x3(torch.randn(1, 2, 3, 3), torch.randn(2, 1, 3, 3), None, stride)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_relu_and_signed_zeros(stride, channels_last, dtype):
+    """Sums of zeros (channels with zero weights and a bias of -0.0 over negative inputs, whose
+    products are all -0.0) and NaN: the fused ReLU is F.relu bit for bit on the op's own sums,
+    and every zero has the reference's sign: +0.0, whatever the signs of its terms."""
+    gen = torch.Generator().manual_seed(11)
+    x = -(torch.rand(2, 6, 7, 9, generator=gen, dtype=torch.float64) + 0.1).to(dtype)
+    x[1, 3, 4, 5] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    weight = (torch.randn(6, 1, 3, 3, generator=gen, dtype=torch.float64) / 3).to(dtype)
+    weight[::2] = 0
+    bias = torch.randn(6, generator=gen, dtype=torch.float64).to(dtype)
+    bias[::2] = -0.0
+    y = OP(x, weight, bias, stride, True)
+    linear = OP(x, weight, bias, stride, False)
+    assert (linear == 0).any() and (linear < 0).any() and linear.isnan().any()
+    assert_same_floats(y, torch.nn.functional.relu(linear))
+    # The reference on channels_last input: ATen's NCHW float32 and float64 kernels start their
+    # sums at the bias and so leave -0.0 there, its channels_last ones (like ours, in both
+    # layouts) at +0.0.
+    expected = so.reference.depthwise_conv3x3(x.contiguous(memory_format=torch.channels_last), weight, bias, stride,
+                                              relu=True)
+    assert torch.equal(y.isnan(), expected.isnan())
+    zeros = expected == 0
+    assert zeros.any() and torch.equal(y[zeros].signbit(), expected[zeros].signbit())
+    assert_close_to(y.nan_to_num(), expected.double().nan_to_num(), dtype, "output")

@@ -218,3 +218,136 @@ def test_unknown_backend_names_the_available_ones():
         so.channel_shuffle(x, 2, backend="nope")
     assert {"reference", "native"} <= set(so.available_backends())
     assert "native" in so.available_backends("cpu")
+
+
+OPS = torch.ops.shufflenet_ops
+
+
+def one_zero_channel_per_group(x, weight, groups):
+    """The operands of the same conv with one zero input channel per group: an empty sum becomes
+    a sum of zero products, which stock conv2d computes (for C_in = 0 it returns no channels)."""
+    n, _, h, w = x.shape
+    zeros = torch.zeros(n, groups, h, w, dtype=x.dtype).to(memory_format=suggest_memory_format(x))
+    return zeros, torch.zeros(weight.shape[0], 1, 1, 1, dtype=weight.dtype)
+
+
+@pytest.mark.parametrize("groups,output_shuffle", [(1, None), (3, 3), (3, 2)], ids=["g1", "g3-shuffle3", "g3-shuffle2"])
+@pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (True, True)], ids=["", "bias", "bias-res"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("entry", ["public", "registered"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_empty_reduction(groups, output_shuffle, bias, residual, layout, entry, dtype):
+    """C_in = 0 (C_in / groups = 0): the output is the bias (or zeros), shuffled, plus the
+    residual, then the ReLU; the gradients of bias and residual are the output's."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(2, 0, 3, 8 if layout == "strided" else 4, dtype=torch.float64)
+    x = base.to(dtype)[..., ::2] if layout == "strided" else base.to(dtype)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 0, 1, 1, dtype=dtype, requires_grad=True)
+    b = torch.randn(6, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() if bias else None
+    r = torch.randn(2, 6, 3, 4, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() if residual else None
+    x.requires_grad_()
+    if entry == "public":
+        y = so.pointwise_group_conv(x, weight, b, groups, input_shuffle=groups, output_shuffle=output_shuffle,
+                                    relu=True, residual=r)
+    else:
+        y = OPS.pointwise_group_conv(x, weight, b, groups, groups, output_shuffle or 1, True, r)
+    padded_x, padded_w = one_zero_channel_per_group(x.detach(), weight.detach(), groups)
+    x64, w64, b64, r64 = float64_leaves(padded_x, padded_w, b, r)
+    y64 = so.reference.pointwise_group_conv(x64, w64, b64, groups, output_shuffle=output_shuffle, relu=True,
+                                            residual=r64)
+    assert y.shape == (2, 6, 3, 4) and y.dtype == dtype
+    assert y.is_contiguous(memory_format=suggest_memory_format(x))
+    assert_close_to(y, y64, dtype, "output")
+
+    grad = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(grad.to(dtype))
+    y64.backward(grad)
+    assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
+    if bias:
+        assert_close_to(b.grad, b64.grad, dtype, "grad bias")
+    if residual:
+        assert_close_to(r.grad, r64.grad, dtype, "grad residual")
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("weight_dim", [2, 4])
+def test_zero_output_channels_is_rejected_as_by_the_reference(groups, weight_dim):
+    x = torch.randn(2, 6, 3, 3)
+    weight = torch.randn(0, 6 // groups, *([1, 1] if weight_dim == 4 else []))
+    with pytest.raises(RuntimeError, match=r"expected weight to be at least"):  # stock conv2d
+        so.reference.pointwise_group_conv(x, weight, None, groups)
+    pattern = (r"pointwise_group_conv: expected weight.size\(0\) \(C_out = 0\) to be a positive multiple of "
+               rf"groups \({groups}\)")
+    with pytest.raises(ValueError, match=pattern):
+        so.pointwise_group_conv(x, weight, None, groups)
+    with pytest.raises(ValueError, match=pattern):
+        OPS.pointwise_group_conv(x.to(memory_format=torch.channels_last), weight, None, groups, 1, 1, True)
+    with pytest.raises(ValueError, match=r"weight.size\(0\) \(C_out = 0\)"):
+        OPS.pointwise_group_conv_grad_input(torch.randn(2, 0, 3, 3), weight, groups, 1, 1)
+    with pytest.raises(ValueError, match=r"grad_out.size\(1\) \(C_out = 0\)"):
+        OPS.pointwise_group_conv_grad_weight(torch.randn(2, 0, 3, 3), x, groups, 1, 1)
+
+
+def assert_same_floats(actual, expected):
+    """Equal bit for bit, -0.0 and +0.0 told apart, NaN where expected has NaN (of any payload:
+    ATen's bfloat16 ReLU writes its own)."""
+    nan = expected.isnan()
+    assert torch.equal(actual.isnan(), nan)
+    as_bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    assert torch.equal(actual[~nan].view(as_bits), expected[~nan].view(as_bits))
+
+
+# (C_in, C_out, H, W, groups, output_shuffle, channels_last): each epilogue that fuses the
+# ReLU: full vectors stored from registers, a ragged tail through the tile, a short tail
+# as dot products, channels_last rows, and channels_last scalar stores through a shuffle.
+RELU_EPILOGUES = {
+    "nchw-registers": (12, 16, 4, 16, 1, None, False),
+    "nchw-ragged-tail": (12, 16, 3, 7, 1, None, False),
+    "nchw-dot-tail": (200, 26, 1, 51, 2, 2, False),
+    "nhwc-rows": (12, 16, 3, 5, 1, None, True),
+    "nhwc-shuffled-stores": (12, 18, 3, 5, 3, 3, True),
+}
+
+
+def relu_edge_inputs(c_in, c_out, h, w, groups, channels_last, dtype):
+    """Inputs whose sums before the ReLU include NaN (a NaN input pixel), values of both signs,
+    and exact zeros (output channels with zero weights and a bias of -0.0), plus a residual of
+    -0.0, which adds nothing."""
+    x, weight, _ = conv_inputs(2, c_in, c_out, h, w, groups, dtype, bias=False, channels_last=channels_last)
+    x, weight = x.detach(), weight.detach()
+    x[0, 0, 0, 0] = float("nan")
+    x[1, -1, h - 1, w - 1] = float("nan")
+    weight[::3] = 0
+    bias = torch.randn(c_out, generator=torch.Generator().manual_seed(7)).to(dtype)
+    bias[::3] = -0.0
+    residual = torch.full((2, c_out, h, w), -0.0, dtype=dtype)
+    return x, weight, bias, residual
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("epilogue", list(RELU_EPILOGUES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_relu_is_f_relu(epilogue, residual, dtype):
+    """The fused ReLU is F.relu bit for bit (x < 0 ? 0 : x: NaN stays NaN, -0.0 stays -0.0)
+    applied to the op's own sums, and matches the reference: NaN where it has NaN, and the
+    sign of every zero."""
+    c_in, c_out, h, w, groups, output_shuffle, channels_last = RELU_EPILOGUES[epilogue]
+    x, weight, bias, r = relu_edge_inputs(c_in, c_out, h, w, groups, channels_last, dtype)
+    r = r if residual else None
+    kwargs = dict(output_shuffle=output_shuffle, residual=r)
+    y = so.pointwise_group_conv(x, weight, bias, groups, relu=True, **kwargs)
+    linear = so.pointwise_group_conv(x, weight, bias, groups, relu=False, **kwargs)
+    assert linear.isnan().any() and (linear == 0).any() and (linear < 0).any()
+    assert_same_floats(y, torch.nn.functional.relu(linear))
+
+    expected = so.reference.pointwise_group_conv(x, weight, bias, groups, relu=True, **kwargs)
+    assert torch.equal(y.isnan(), expected.isnan())
+    torch.testing.assert_close(y, expected, equal_nan=True, atol=1e-2 if dtype == torch.bfloat16 else 1e-5,
+                               rtol=1.6e-2 if dtype == torch.bfloat16 else 1e-5)
+    # ATen's float64 convolution starts its sums at the bias, its float32 and bfloat16 ones
+    # (oneDNN) at +0.0, as ours do: a sum of zeros is +0.0 whatever the signs of its terms.
+    if dtype != torch.float64:
+        zeros = expected == 0
+        assert torch.equal(y[zeros].signbit(), expected[zeros].signbit())

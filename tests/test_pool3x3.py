@@ -215,9 +215,12 @@ def test_device_without_a_kernel(entry):
         OP(x, 2, False) if entry == "registered" else so.max_pool3x3(x, 2)
 
 
-def test_unsupported_floating_dtype_names_the_supported_ones():
-    with pytest.raises(TypeError, match=r"supports dtypes \{Float, Double, BFloat16\}.*got Half"):
-        OP(torch.randn(1, 4, 3, 3, dtype=torch.float16), 1, True)
+@pytest.mark.parametrize("average", [False, True])
+def test_floating_dtype_no_cpu_operator_computes_is_named(average):
+    # float16 runs PyTorch's own pooling inside the op (tests/test_dtypes.py); float8 has none.
+    with pytest.raises(TypeError, match=r"dtype Float8_e4m3fn is computed neither by this kernel nor by PyTorch's "
+                                        r"own cpu operators .*; convert the tensors to float32"):
+        OP(torch.zeros(1, 4, 3, 3, dtype=torch.float8_e4m3fn), 1, average)
 
 
 @pytest.mark.parametrize("stride", [2.0, True, "1"])

@@ -189,9 +189,11 @@ def test_bad_input(case, entry, monkeypatch):
                     registered=lambda: OP(a["x"], a["weight"], a["bias"]))
 
 
-def test_unsupported_floating_dtype_names_the_supported_ones():
-    x, w = torch.randn(1, 3, 5, 5, dtype=torch.float16), torch.randn(4, 3, 3, 3, dtype=torch.float16)
-    with pytest.raises(TypeError, match=r"supports dtypes \{Float, Double, BFloat16\}.*got Half"):
+def test_floating_dtype_no_cpu_operator_computes_is_named():
+    # float16 runs PyTorch's own convolution and pooling inside the op (tests/test_dtypes.py); float8 has none.
+    x, w = torch.zeros(1, 3, 5, 5, dtype=torch.float8_e4m3fn), torch.zeros(4, 3, 3, 3, dtype=torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"dtype Float8_e4m3fn is computed neither by this kernel nor by PyTorch's "
+                                        r"own cpu operators .*; convert the tensors to float32"):
         OP(x, w, None)
 
 
@@ -199,3 +201,28 @@ def test_unsupported_floating_dtype_names_the_supported_ones():
 def test_python_argument_types(value):
     with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
         so.stem_conv3x3_maxpool(value, torch.randn(4, 3, 3, 3))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_signed_zeros_and_nan(channels_last, dtype):
+    """Output channels with zero weights and a bias of -0.0 over negative inputs (sums of -0.0
+    products), and a NaN: the ReLU and the pooling keep the reference's NaN and the sign of
+    every zero, +0.0 whatever the signs of its terms."""
+    gen = torch.Generator().manual_seed(12)
+    x = -(torch.rand(2, 3, 9, 11, generator=gen, dtype=torch.float64) + 0.1).to(dtype)
+    x[0, 1, 4, 4] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    weight = (torch.randn(6, 3, 3, 3, generator=gen, dtype=torch.float64) / 5).to(dtype)
+    weight[::2] = 0
+    bias = torch.randn(6, generator=gen, dtype=torch.float64).to(dtype)
+    bias[::2] = -0.0
+    y = OP(x, weight, bias)
+    # On channels_last input: ATen's NCHW float64 convolution starts its sums at the bias and
+    # so leaves -0.0, its other kernels (like ours) start at +0.0.
+    expected = so.reference.stem_conv3x3_maxpool(x.contiguous(memory_format=torch.channels_last), weight, bias)
+    assert expected.isnan().any()
+    assert torch.equal(y.isnan(), expected.isnan())
+    zeros = expected == 0
+    assert zeros.any() and torch.equal(y[zeros].signbit(), expected[zeros].signbit())
+    assert_close_to(y.nan_to_num(), expected.double().nan_to_num(), dtype, "output")

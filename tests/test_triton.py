@@ -13,6 +13,7 @@ from torch._prims_common import suggest_memory_format
 import shufflenet_ops as so
 from shufflenet_ops import backends
 from shufflenet_ops.ops import OpFamily
+from tests.test_pointwise_group_conv import assert_same_floats, one_zero_channel_per_group, relu_edge_inputs
 from tests.utils import assert_close_to, conv_inputs, float64_leaves, random_residual
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -232,3 +233,49 @@ def test_torch_compile_fullgraph(channels_last):
     assert_close_to(x.grad, x64.grad, torch.float32, "grad x")
     assert_close_to(weight.grad, w64.grad, torch.float32, "grad weight")
     assert_close_to(b.grad, b64.grad, torch.float32, "grad bias")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_empty_reduction(channels_last, dtype):
+    """C_in = 0: the bias, shuffled, plus the residual, then the ReLU; the gradients of bias and
+    residual are the output's, those of x and weight empty."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 0, 3, 4, dtype=dtype, device=DEVICE)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    weight = torch.randn(6, 0, 1, 1, dtype=dtype, device=DEVICE, requires_grad=True)
+    b = torch.randn(6, generator=gen).to(device=DEVICE, dtype=dtype).requires_grad_()
+    r = torch.randn(2, 6, 3, 4, generator=gen).to(device=DEVICE, dtype=dtype).requires_grad_()
+    x.requires_grad_()
+    y = so.pointwise_group_conv(x, weight, b, 3, input_shuffle=3, output_shuffle=2, relu=True, residual=r,
+                                backend="triton")
+    padded_x, padded_w = one_zero_channel_per_group(x.detach().cpu(), weight.detach().cpu(), 3)
+    x64, w64, b64, r64 = float64_leaves(padded_x, padded_w, b.cpu(), r.cpu())
+    y64 = so.reference.pointwise_group_conv(x64, w64, b64, 3, output_shuffle=2, relu=True, residual=r64)
+    assert_close_to(y.cpu(), y64, dtype, "output")
+    grad = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(grad.to(device=DEVICE, dtype=dtype))
+    y64.backward(grad)
+    assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
+    assert_close_to(b.grad.cpu(), b64.grad, dtype, "grad bias")
+    assert_close_to(r.grad.cpu(), r64.grad, dtype, "grad residual")
+
+
+@pytest.mark.parametrize("channels_last,output_shuffle", [(False, None), (True, 3)], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_relu_is_f_relu(channels_last, output_shuffle, dtype):
+    """The fused ReLU is F.relu bit for bit on the kernel's own sums (NaN stays NaN, -0.0 stays
+    -0.0), with the reference's NaN and the sign of every zero (+0.0, as ATen's float32 and
+    reduced-precision convolutions give a sum of zeros)."""
+    x, weight, bias, r = (t.to(DEVICE) for t in relu_edge_inputs(12, 18, 3, 5, 3, channels_last, dtype))
+    kwargs = dict(output_shuffle=output_shuffle, residual=r, backend="triton")
+    y = so.pointwise_group_conv(x, weight, bias, 3, relu=True, **kwargs)
+    linear = so.pointwise_group_conv(x, weight, bias, 3, relu=False, **kwargs)
+    assert linear.isnan().any() and (linear == 0).any() and (linear < 0).any()
+    assert_same_floats(y, torch.nn.functional.relu(linear))
+    expected = so.reference.pointwise_group_conv(x.float(), weight.float(), bias.float(), 3, relu=True,
+                                                 output_shuffle=output_shuffle, residual=r.float())
+    assert torch.equal(y.isnan(), expected.isnan())
+    zeros = expected == 0
+    assert torch.equal(y[zeros].signbit(), expected[zeros].signbit())
+    assert_close_to(y.nan_to_num(), expected.double().nan_to_num(), dtype, "output")

@@ -20,10 +20,17 @@
 namespace shufflenet_ops::cpu {
 namespace {
 
+constexpr const char* kOp = "channel_shuffle (CPU)";
+
 // Bytes each thread copies at least.
 constexpr int64_t kMinBytesPerThread = 64 * 1024;
 
 int64_t grain(int64_t bytes_per_item) { return grain_for(bytes_per_item, kMinBytesPerThread); }
+
+// Elements of 16 bytes (complex128) are copied as a pair of 64-bit words.
+struct Bits128 {
+  uint64_t word[2];
+};
 
 template <typename Bits>
 void gather_channels(const Bits* x, Bits* y, int64_t pixels, int64_t channels, int64_t groups) {
@@ -166,17 +173,20 @@ at::Tensor channel_shuffle_cpu(const at::Tensor& x_in, int64_t groups) {
     });
     return y;
   }
-  // Channels-last (2-D or 3-D): channels are the innermost dimension.
+  // Channels-last (2-D or 3-D): channels are the innermost dimension. Every
+  // element size a dtype has takes one of these.
   const int64_t pixels = N * inner;
   switch (element_size) {
     case 1: shuffle_channels_last<uint8_t>(src, dst, pixels, C, groups); break;
     case 2: shuffle_channels_last<uint16_t>(src, dst, pixels, C, groups); break;
     case 4: shuffle_channels_last<uint32_t>(src, dst, pixels, C, groups); break;
     case 8: shuffle_channels_last<uint64_t>(src, dst, pixels, C, groups); break;
-    default: {
-      const at::Tensor contiguous = x.contiguous();
-      return channel_shuffle_cpu(contiguous, groups).contiguous(format);
-    }
+    case 16:
+      gather_channels(static_cast<const Bits128*>(static_cast<const void*>(src)),
+                      static_cast<Bits128*>(static_cast<void*>(dst)), pixels, C, groups);
+      break;
+    default: TORCH_CHECK(false, kOp, ": no channels_last copy for elements of ", element_size, " bytes (",
+                         x.scalar_type(), ")");
   }
   return y;
 }

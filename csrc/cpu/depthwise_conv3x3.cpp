@@ -11,16 +11,20 @@
 // taps of contiguous channel vectors times per-channel weight vectors; a tap
 // outside the image reads a zero vector instead.
 //
-// Other strides are made dense in the suggested format.
+// Other strides are made dense in the suggested format. Dtypes other than
+// float32, float64 and bfloat16 run the stock ATen convolution.
 #include "../validation.h"
 #include "accumulator_copy.h"
 #include "parallel.h"
 #include "simd.h"
+#include "stock_computation.h"
 #include "window3x3.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/relu.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -299,7 +303,10 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
   std::vector<A> packed_weight(kTaps * weight_stride, A(0)), packed_bias(weight_stride, A(0));
   for (int64_t c = 0; c < C; ++c) {
     for (int t = 0; t < kTaps; ++t) packed_weight[t * weight_stride + c] = p.weight[c * kTaps + t];
-    if (p.bias) packed_bias[c] = p.bias[c];
+    // The sum starts at +0, as in the NCHW path and the GEMM kernels: a sum of
+    // zeros is then +0.0 whatever their signs (a bias of -0.0 included), as
+    // ATen's channels_last convolution gives it.
+    if (p.bias) packed_bias[c] = p.bias[c] + A(0);
   }
   const std::vector<T> zeros(std::max<int64_t>(C, L), T(0));
   // Channel vectors: full ones, the last overlapping its neighbour when C is
@@ -335,11 +342,17 @@ void forward_channels_last(const DepthwiseParams<T>& p) {
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, int64_t stride, bool relu) {
   check_depthwise_conv3x3(x_in, weight, bias, stride);
-  check_dtype_supported(kOp, x_in, {at::kFloat, at::kDouble, at::kBFloat16});
   const Window3x3Problem problem = window3x3_problem(x_in, stride);
   const at::Tensor& x = problem.x;
   const at::Tensor& y = problem.y;
   if (y.numel() == 0) return y;
+  if (!has_vectorized_kernel(x)) {
+    // reference.depthwise_conv3x3
+    return stock_computation(kOp, x, problem.format, [&] {
+      const at::Tensor conv = at::conv2d(x, weight, bias, {stride, stride}, {1, 1}, {1, 1}, x.size(1));
+      return relu ? at::relu(conv) : conv;
+    });
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
     const std::vector<acc_t<scalar_t>> w = accumulator_copy<scalar_t>(weight);
     const std::vector<acc_t<scalar_t>> b = accumulator_copy<scalar_t>(bias);

@@ -132,7 +132,9 @@ inline void accumulate_tile(const GemmOperands<T>& g, int64_t row0, int64_t b_co
       for (int v = 0; v < Vectors; ++v) acc[r][v] += a * bv[v];
     }
   };
-  if (g.b_row_stride != 0 && g.a_rows_contiguous) {
+  // An empty reduction (depth 0: no input channels) reads no operand, not even
+  // the first B row, and leaves the tile zero for the epilogue.
+  if (g.b_row_stride != 0 && g.a_rows_contiguous && g.depth > 0) {
     const T* b = g.b_rows[0] + b_col;
     for (int64_t k = 0; k < g.depth; ++k) step(b + k * g.b_row_stride, k);
   } else {

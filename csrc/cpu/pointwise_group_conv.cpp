@@ -14,14 +14,21 @@
 #include "accumulator_copy.h"
 #include "gemm_tile.h"
 #include "parallel.h"
+#include "stock_computation.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <array>
 #include <numeric>
 #include <vector>
 
@@ -29,10 +36,9 @@ namespace shufflenet_ops::cpu {
 namespace {
 
 constexpr const char* kOp = "pointwise_group_conv (CPU)";
-
-void check_cpu_dtype(const at::Tensor& t) {
-  check_dtype_supported(kOp, t, {at::kFloat, at::kDouble, at::kBFloat16});
-}
+constexpr const char* kGradInputOp = "pointwise_group_conv_grad_input (CPU)";
+constexpr const char* kGradWeightOp = "pointwise_group_conv_grad_weight (CPU)";
+constexpr const char* kGradBiasOp = "pointwise_group_conv_grad_bias (CPU)";
 
 bool is_channels_last(const at::Tensor& t) {
   return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
@@ -183,17 +189,76 @@ void forward_pixel_major(const ConvProblem& p, const ChannelTables& t, const T* 
   });
 }
 
+// ---------------------------------------------------------------- stock ATen computation
+//
+// For dtypes the GEMM tile lacks: reference.pointwise_group_conv, and for the
+// gradients the convolution backward that autograd runs for it, between the
+// inverse shuffles (a shuffle's gradient is its inverse).
+
+at::Tensor pointwise_weight(const at::Tensor& weight) {
+  return weight.dim() == 2 ? weight.reshape({weight.size(0), weight.size(1), 1, 1}) : weight;
+}
+
+at::Tensor stock_forward(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, bool relu, const std::optional<at::Tensor>& residual,
+                         at::MemoryFormat format) {
+  const std::array<int64_t, 2> ones{1, 1}, zeros{0, 0};
+  at::Tensor y = p.in_per_group() == 0
+                     ? stock_empty_sum({p.batch, p.out_channels, p.height, p.width},
+                                       x.options().memory_format(format), bias)
+                     : at::conv2d(stock_channel_shuffle(x, p.input_shuffle), pointwise_weight(weight), bias, ones,
+                                  zeros, ones, p.groups);
+  y = stock_channel_shuffle(y, p.output_shuffle);
+  if (residual.has_value()) y = at::add(y, *residual);
+  return relu ? at::relu(y) : y;
+}
+
+// The inverse of channel_shuffle(., s) over C channels is channel_shuffle(., C / s).
+at::Tensor stock_unshuffle(const at::Tensor& t, int64_t shuffle) {
+  return stock_channel_shuffle(t, t.size(1) / shuffle);
+}
+
+at::Tensor stock_grad_input(const ConvProblem& p, const at::Tensor& grad_out, const at::Tensor& weight,
+                            at::MemoryFormat format) {
+  // Only the input's shape is read when just grad_input is asked for.
+  const at::Tensor input_shape = at::empty({p.batch, p.in_channels, p.height, p.width},
+                                           grad_out.options().memory_format(format));
+  const at::Tensor grad_shuffled_x = std::get<0>(at::convolution_backward(
+      stock_unshuffle(grad_out, p.output_shuffle), input_shape, pointwise_weight(weight), std::nullopt, {1, 1},
+      {0, 0}, {1, 1}, false, {0, 0}, p.groups, {true, false, false}));
+  return stock_unshuffle(grad_shuffled_x, p.input_shuffle);
+}
+
+at::Tensor stock_grad_weight(const ConvProblem& p, const at::Tensor& grad_out, const at::Tensor& x) {
+  // Only the weight's shape is read when just grad_weight is asked for.
+  const at::Tensor weight_shape = at::empty({p.out_channels, p.in_per_group(), 1, 1}, x.options());
+  return std::get<1>(at::convolution_backward(stock_unshuffle(grad_out, p.output_shuffle),
+                                              stock_channel_shuffle(x, p.input_shuffle), weight_shape,
+                                              std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, p.groups,
+                                              {false, true, false}));
+}
+
+at::Tensor stock_grad_bias(const at::Tensor& grad_out, int64_t output_shuffle) {
+  return stock_unshuffle(grad_out, output_shuffle).sum({0, 2, 3});
+}
+
+// ---------------------------------------------------------------- op kernels
+
 at::Tensor pointwise_group_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                                     const std::optional<at::Tensor>& bias, int64_t groups,
                                     int64_t input_shuffle, int64_t output_shuffle, bool relu,
                                     const std::optional<at::Tensor>& residual_in) {
   const ConvProblem p = check_pointwise_group_conv(x_in, weight_in, bias, groups, input_shuffle,
                                                    output_shuffle, residual_in);
-  check_cpu_dtype(x_in);
   const at::MemoryFormat format = x_in.suggest_memory_format();
   at::Tensor y = at::empty({p.batch, p.out_channels, p.height, p.width},
                            x_in.options().memory_format(format));
   if (y.numel() == 0) return y;
+  if (!has_vectorized_kernel(x_in)) {
+    return stock_computation(kOp, x_in, format, [&] {
+      return stock_forward(p, x_in, weight_in, bias, relu, residual_in, format);
+    });
+  }
   const at::Tensor x = x_in.contiguous(format);
   const at::Tensor weight = weight_in.contiguous();
   // Read at the output's offsets, so dense in the output's layout.
@@ -293,12 +358,14 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
                           int64_t groups, int64_t input_shuffle, int64_t output_shuffle) {
   const ConvProblem p =
       check_grad_input(grad_out_in, weight_in, groups, input_shuffle, output_shuffle);
-  check_cpu_dtype(grad_out_in);
   const at::MemoryFormat format = grad_out_in.suggest_memory_format();
   at::Tensor gx = at::empty({p.batch, p.in_channels, p.height, p.width},
                             grad_out_in.options().memory_format(format));
   if (gx.numel() == 0) return gx;
-  if (p.out_channels == 0) return gx.zero_();
+  if (!has_vectorized_kernel(grad_out_in)) {
+    return stock_computation(kGradInputOp, grad_out_in, format,
+                             [&] { return stock_grad_input(p, grad_out_in, weight_in, format); });
+  }
   const at::Tensor gy = grad_out_in.contiguous(format);
   const at::Tensor weight = weight_in.contiguous();
   const ChannelTables tables(p);
@@ -407,12 +474,15 @@ void grad_weight_rows(const ConvProblem& p, const ChannelTables& t, const T* gy,
 at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in, int64_t groups,
                            int64_t input_shuffle, int64_t output_shuffle) {
   const ConvProblem p = check_grad_weight(grad_out_in, x_in, groups, input_shuffle, output_shuffle);
-  check_cpu_dtype(x_in);
   const int64_t K = p.in_per_group(), M = p.out_per_group();
   at::Tensor gw = at::empty({p.out_channels, K, 1, 1}, x_in.options());
   const int64_t total_pixels = p.batch * p.pixels();
   if (gw.numel() == 0) return gw;
   if (total_pixels == 0) return gw.zero_();
+  if (!has_vectorized_kernel(x_in)) {
+    return stock_computation(kGradWeightOp, x_in, at::MemoryFormat::Contiguous,
+                             [&] { return stock_grad_weight(p, grad_out_in, x_in); });
+  }
   // Both operands in one layout, chosen by x, the larger of the two.
   const at::MemoryFormat format = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(format);
@@ -461,11 +531,14 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
 
 at::Tensor grad_bias_cpu(const at::Tensor& grad_out_in, int64_t output_shuffle) {
   check_grad_bias(grad_out_in, output_shuffle);
-  check_cpu_dtype(grad_out_in);
   const int64_t N = grad_out_in.size(0), C = grad_out_in.size(1);
   const int64_t HW = grad_out_in.size(2) * grad_out_in.size(3);
   at::Tensor gb = at::empty({C}, grad_out_in.options());
   if (C == 0) return gb;
+  if (!has_vectorized_kernel(grad_out_in)) {
+    return stock_computation(kGradBiasOp, grad_out_in, at::MemoryFormat::Contiguous,
+                             [&] { return stock_grad_bias(grad_out_in, output_shuffle); });
+  }
   const at::MemoryFormat format = grad_out_in.suggest_memory_format();
   const at::Tensor gy = grad_out_in.contiguous(format);
   const bool pixel_major = is_channels_last(gy);

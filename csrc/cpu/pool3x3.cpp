@@ -16,15 +16,19 @@
 // three rows is computed once per output row and carried in registers to the
 // next output.
 //
-// Other strides are made dense in the suggested format.
+// Other strides are made dense in the suggested format. Dtypes other than
+// float32, float64 and bfloat16 run the stock ATen pooling.
 #include "../validation.h"
 #include "parallel.h"
 #include "simd.h"
+#include "stock_computation.h"
 #include "window3x3.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/avg_pool2d.h>
+#include <ATen/ops/max_pool2d.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -305,11 +309,17 @@ void pool(const PoolParams<T>& p, at::MemoryFormat format) {
 
 at::Tensor pool3x3_cpu(const at::Tensor& x_in, int64_t stride, bool average) {
   check_pool3x3(x_in, stride);
-  check_dtype_supported(kOp, x_in, {at::kFloat, at::kDouble, at::kBFloat16});
   const Window3x3Problem problem = window3x3_problem(x_in, stride);
   const at::Tensor& x = problem.x;
   const at::Tensor& y = problem.y;
   if (y.numel() == 0) return y;
+  if (!has_vectorized_kernel(x)) {
+    // reference.max_pool3x3 / reference.avg_pool3x3
+    return stock_computation(kOp, x, problem.format, [&] {
+      return average ? at::avg_pool2d(x, {3, 3}, {stride, stride}, {1, 1})
+                     : at::max_pool2d(x, {3, 3}, {stride, stride}, {1, 1});
+    });
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "pool3x3_cpu", [&] {
     const PoolParams<scalar_t> p{problem.shape, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>()};
     if (average) {

@@ -15,16 +15,21 @@
 // outside the convolution's output count as 0.
 //
 // x is read through its strides (any layout, no copy); the output is written
-// in x's suggested memory format.
+// in x's suggested memory format. Dtypes other than float32, float64 and
+// bfloat16 run the stock ATen convolution, ReLU and pooling.
 #include "../validation.h"
 #include "accumulator_copy.h"
 #include "gemm_tile.h"
+#include "stock_computation.h"
 #include "window3x3.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/conv2d.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/max_pool2d.h>
+#include <ATen/ops/relu.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -167,10 +172,20 @@ int64_t pool_rows_per_task(const StemShape& s) {
 at::Tensor stem_conv3x3_maxpool_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                                     const std::optional<at::Tensor>& bias) {
   check_stem_conv3x3_maxpool(x_in, weight_in, bias);
-  check_dtype_supported(kOp, x_in, {at::kFloat, at::kDouble, at::kBFloat16});
   StemShape s{x_in.size(0), x_in.size(1), weight_in.size(0), x_in.size(2), x_in.size(3), {}, {}};
+  const at::MemoryFormat format = x_in.suggest_memory_format();
   at::Tensor y = at::empty({s.batch, s.out_channels, s.pool_height(), s.pool_width()},
-                           x_in.options().memory_format(x_in.suggest_memory_format()));
+                           x_in.options().memory_format(format));
+  if (y.numel() > 0 && !has_vectorized_kernel(x_in)) {
+    // reference.stem_conv3x3_maxpool
+    return stock_computation(kOp, x_in, format, [&] {
+      const at::Tensor conv =
+          s.in_channels == 0
+              ? stock_empty_sum({s.batch, s.out_channels, s.conv_height(), s.conv_width()}, x_in.options(), bias)
+              : at::conv2d(x_in, weight_in, bias, {2, 2}, {1, 1});
+      return at::max_pool2d(at::relu(conv), {3, 3}, {2, 2}, {1, 1});
+    });
+  }
   if (y.numel() > 0) {
     const at::Tensor weight = weight_in.contiguous();
     for (int d = 0; d < 4; ++d) {
