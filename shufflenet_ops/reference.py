@@ -30,7 +30,12 @@ def pointwise_group_conv(
         x = channel_shuffle(x, input_shuffle)
     if weight.dim() == 2:
         weight = weight[:, :, None, None]
-    y = F.conv2d(x, weight, bias, groups=groups)
+    if weight.shape[1] == 0:
+        # An empty sum: conv2d returns no channels at all for it, the op returns the bias (or zeros).
+        y = x.new_zeros(x.shape[0], weight.shape[0], *x.shape[2:])
+        y = y if bias is None else y + bias.view(1, -1, 1, 1)
+    else:
+        y = F.conv2d(x, weight, bias, groups=groups)
     if output_shuffle not in (None, 1):
         y = channel_shuffle(y, output_shuffle)
     if residual is not None:
