@@ -770,7 +770,8 @@ SMALL_BATCH = 4
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for a 2-D ``x``; up to ``SMALL_BATCH`` rows as ``pointwise_group_conv``."""
-    if x.shape[0] > SMALL_BATCH:
+    # Under torch.compile a branch on the batch size would compile one graph per side of it.
+    if torch.compiler.is_compiling() or x.shape[0] > SMALL_BATCH:
         return torch.nn.functional.linear(x, weight, bias)
     images = pointwise_group_conv(x[:, :, None, None], weight[:, :, None, None], bias)
     return images.view(x.shape[0], weight.shape[0])
