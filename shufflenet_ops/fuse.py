@@ -50,8 +50,10 @@ exact up to floating-point rounding of the folded weights.
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
+import types
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -130,6 +132,8 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     (unless the example's batch is 1). The result shares the model's parameters
     except the folded ones (eval), which are copies taken now.
     ``result.fuse_report`` counts what was fused per pattern; ``verbose`` prints it.
+    ``copy.deepcopy(result)`` is a fused module of its own tensors with the same report
+    and behaviour.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected model to be a torch.nn.Module, got {type(model).__name__}")
@@ -154,8 +158,8 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     _erase_unused_attribute_reads(gm.graph)
     gm.graph.lint()
     gm.recompile()
-    _read_tensors_through_properties(gm)
     gm.fuse_report = report
+    _install_class_attributes(gm)
     if verbose:
         print(report)
     if not report.shuffles_found and not built_on_library_ops:
@@ -198,6 +202,35 @@ def _tensor_property(name: str, store: str) -> property:
         return tensors[name] if name in tensors else nn.Module.__getattr__(self, name)
 
     return property(read)
+
+
+def _install_class_attributes(gm: fx.GraphModule) -> None:
+    """What the fused module keeps on its own class (fx makes one class per instance)."""
+    _read_tensors_through_properties(gm)
+    type(gm).__deepcopy__ = _deepcopy_fused
+
+
+# nn.Module's hook registries other than the state-dict ones GraphModule's deepcopy keeps.
+_FORWARD_AND_BACKWARD_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+                               "_backward_hooks", "_is_full_backward_hook")
+
+
+def _deepcopy_fused(self, memo):
+    """GraphModule's deepcopy rebuilds the module from its graph and submodules, which drops
+    the instance attributes its constructor does not set (``fuse_report``, torch.export's
+    ``train``/``eval`` guards and ``range_constraints``), the forward hooks (torch.export's
+    input-structure check among them) and what ``fuse`` put on the class: all are carried over."""
+    copied = super(type(self), self).__deepcopy__(memo)
+    for name, value in self.__dict__.items():
+        if name in copied.__dict__ and name not in _FORWARD_AND_BACKWARD_HOOKS:
+            continue
+        if isinstance(value, types.MethodType) and value.__self__ is self:
+            copied.__dict__[name] = types.MethodType(value.__func__, copied)
+        else:
+            copied.__dict__[name] = copy.deepcopy(value, memo)
+    _install_class_attributes(copied)
+    return copied
 
 
 def _read_tensors_through_properties(gm: fx.GraphModule) -> None:

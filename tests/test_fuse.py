@@ -662,3 +662,42 @@ def test_registered_op_call_only_where_a_registered_op_runs():
         assert so.functional.registered_op_call(function, args, {}, meta) is None
     # An explicit backend is the caller's choice: left to the public function.
     assert so.functional.registered_op_call(so.channel_shuffle, (x, 2), {"backend": "reference"}, x.device) is None
+
+
+# --- copies of the fused module -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_deepcopy_keeps_report_behaviour_and_owns_its_parameters(mode):
+    torch.manual_seed(1)
+    model = getattr(randomize_batch_norms(shufflenet_v1_unfused(3, 0.25, 10), seed=1), mode)()
+    x = torch.randn(2, 3, 32, 32)
+    fused = so.fuse(copy.deepcopy(model), x)
+    copied = copy.deepcopy(fused)
+    assert copied.fuse_report == fused.fuse_report and copied.fuse_report is not fused.fuse_report
+    assert str(copied.fuse_report) == str(fused.fuse_report)
+    assert_same_function(model, copied, torch.randn(3, 3, 32, 32), train=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), fused(x), atol=0, rtol=0)
+    # It stays an exported module: train()/eval() and a call of another structure are refused as before.
+    with pytest.raises(NotImplementedError):
+        copied.eval()
+    with pytest.raises(ValueError, match=r"tree spec|keyword mismatch"):
+        copied(x, x)
+    # A copy of the copy keeps all of it too.
+    again = copy.deepcopy(copied)
+    assert again.fuse_report == fused.fuse_report
+    # The copy's tensors are its own: editing them leaves the original alone.
+    with torch.no_grad():
+        before = fused(x).clone()
+        assert all(a is not b for a, b in zip(copied.parameters(), fused.parameters()))
+        for p in copied.parameters():
+            p.mul_(1.5)
+        for b in copied.buffers():
+            if b.is_floating_point():
+                b.add_(0.5)
+        torch.testing.assert_close(fused(x), before, atol=0, rtol=0)
+        assert not torch.allclose(copied(x), before)
+    expected_after_edit = copy.deepcopy(fused)
+    expected_after_edit.load_state_dict(copied.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), expected_after_edit(x))
