@@ -33,14 +33,25 @@ that unpack ``x.size()`` are seen too), then the ATen graph is rewritten:
 * in eval, a stride-2 3x3 max pooling of the ReLU of a 3x3 convolution with
   stride 2 and padding 1 (a network stem, its BatchNorm folded) becomes
   ``so.stem_conv3x3_maxpool``, which never writes the convolution's output;
-* in eval on CPU, a ``linear`` layer on a 2-D input (a classifier) becomes
-  ``small_batch_linear``: up to ``SMALL_BATCH`` rows it runs as a
-  ``pointwise_group_conv`` of 1x1 images, which splits the output features over
-  the threads where ATen's GEMM reads the weights on one, beyond that as before;
+* in eval on CPU, a ``linear`` layer on a 2-D input (a classifier) with no bias
+  or one bias value per output feature becomes ``small_batch_linear``: up to
+  ``SMALL_BATCH`` rows it runs as a ``pointwise_group_conv`` of 1x1 images, which
+  splits the output features over the threads where ATen's GEMM reads the weights
+  on one, beyond that as before (a bias that ``F.linear`` broadcasts, such as a
+  0-dim one, stays with ``linear``);
 * in eval, whatever the model computes from its parameters and buffers alone
   (a BatchNorm it folds itself at every call, weights it reshapes or shuffles)
   is computed once, now, and kept as a buffer; plain views of a parameter stay
   views, so the parameter is still shared.
+
+Every rewrite is checked on the op it puts in: the fused call runs on the graph's
+example values (fake tensors, the batch size symbolic) and must give what the
+replaced nodes gave, the same shape, dtype, device and strides; otherwise the
+stock ops stay. That keeps the memory format later ops rely on (the shuffle idiom's
+result is contiguous even for a channels_last input, where the fused ops would keep
+channels_last) and refuses arguments the fused kernels reject. The shuffle idiom is
+recognized only over a static channel count, so a "shuffle" of a dim a transpose
+moved the batch into is left alone.
 
 In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
@@ -50,8 +61,11 @@ exact up to floating-point rounding of the folded weights.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import operator
+import types
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -59,6 +73,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils import _pytree as pytree
 
 from .functional import (
     avg_pool3x3, channel_shuffle, depthwise_conv3x3, max_pool3x3, pointwise_group_conv, registered_op_call,
@@ -130,6 +146,8 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     (unless the example's batch is 1). The result shares the model's parameters
     except the folded ones (eval), which are copies taken now.
     ``result.fuse_report`` counts what was fused per pattern; ``verbose`` prints it.
+    ``copy.deepcopy(result)`` is a fused module of its own tensors with the same report
+    and behaviour.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected model to be a torch.nn.Module, got {type(model).__name__}")
@@ -154,8 +172,8 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     _erase_unused_attribute_reads(gm.graph)
     gm.graph.lint()
     gm.recompile()
-    _read_tensors_through_properties(gm)
     gm.fuse_report = report
+    _install_class_attributes(gm)
     if verbose:
         print(report)
     if not report.shuffles_found and not built_on_library_ops:
@@ -198,6 +216,35 @@ def _tensor_property(name: str, store: str) -> property:
         return tensors[name] if name in tensors else nn.Module.__getattr__(self, name)
 
     return property(read)
+
+
+def _install_class_attributes(gm: fx.GraphModule) -> None:
+    """What the fused module keeps on its own class (fx makes one class per instance)."""
+    _read_tensors_through_properties(gm)
+    type(gm).__deepcopy__ = _deepcopy_fused
+
+
+# nn.Module's hook registries other than the state-dict ones GraphModule's deepcopy keeps.
+_FORWARD_AND_BACKWARD_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+                               "_backward_hooks", "_is_full_backward_hook")
+
+
+def _deepcopy_fused(self, memo):
+    """GraphModule's deepcopy rebuilds the module from its graph and submodules, which drops
+    the instance attributes its constructor does not set (``fuse_report``, torch.export's
+    ``train``/``eval`` guards and ``range_constraints``), the forward hooks (torch.export's
+    input-structure check among them) and what ``fuse`` put on the class: all are carried over."""
+    copied = super(type(self), self).__deepcopy__(memo)
+    for name, value in self.__dict__.items():
+        if name in copied.__dict__ and name not in _FORWARD_AND_BACKWARD_HOOKS:
+            continue
+        if isinstance(value, types.MethodType) and value.__self__ is self:
+            copied.__dict__[name] = types.MethodType(value.__func__, copied)
+        else:
+            copied.__dict__[name] = copy.deepcopy(value, memo)
+    _install_class_attributes(copied)
+    return copied
 
 
 def _read_tensors_through_properties(gm: fx.GraphModule) -> None:
@@ -281,7 +328,15 @@ def _is_call(node, targets) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
 
 
-def _swaps_dims_1_and_2(node: fx.Node) -> bool:
+def _rank(node) -> int | None:
+    value = _val(node)
+    return value.dim() if value is not None else None
+
+
+def _swaps_dims_1_and_2_of_5(node: fx.Node) -> bool:
+    """Whether ``node`` transposes or permutes a 5-D tensor's dims 1 and 2 and nothing else."""
+    if _rank(node.args[0]) != 5:
+        return False
     if node.target is aten.transpose.int:
         return {node.args[1] % 5, node.args[2] % 5} == {1, 2}
     if node.target is aten.permute.default:
@@ -289,8 +344,8 @@ def _swaps_dims_1_and_2(node: fx.Node) -> bool:
     return False
 
 
-def _flattens_dims_1_and_2(node: fx.Node) -> bool:
-    if not _is_call(node, {aten.flatten.using_ints}):
+def _flattens_dims_1_and_2_of_5(node: fx.Node) -> bool:
+    if not _is_call(node, {aten.flatten.using_ints}) or _rank(node.args[0]) != 5:
         return False
     a = _call_arguments(node)
     return (a["start_dim"] % 5, a["end_dim"] % 5) == (1, 2)
@@ -301,7 +356,7 @@ def _match_shuffle(node: fx.Node):
     if _is_call(node, _STOCK_SHUFFLES):
         return _Rewrite(channel_shuffle, (node.args[0], node.args[1]), node, [node], SHUFFLE_OP)
     out = _val(node)
-    if not (_is_call(node, _VIEWS) or _flattens_dims_1_and_2(node)) or out is None or out.dim() != 4:
+    if not (_is_call(node, _VIEWS) or _flattens_dims_1_and_2_of_5(node)) or out is None or out.dim() != 4:
         return None
     chain, current = [node], node.args[0]
     while _is_call(current, _COPIES) and len(current.users) == 1:
@@ -313,7 +368,7 @@ def _match_shuffle(node: fx.Node):
         current = current.args[0]
     if not (_is_call(current, {aten.transpose.int, aten.permute.default}) and len(current.users) == 1):
         return None
-    if not _swaps_dims_1_and_2(current):
+    if not _swaps_dims_1_and_2_of_5(current):
         return None
     chain.append(current)
     split = current.args[0]
@@ -325,8 +380,10 @@ def _match_shuffle(node: fx.Node):
     x_val = _val(x)
     if x_val is None or not _same_shape(x_val, out):
         return None
-    groups, per_group = split_val.shape[1], split_val.shape[2]
-    if not (isinstance(groups, int) and isinstance(per_group, int) and groups * per_group == out.shape[1]):
+    # The channel counts must be static: a comparison with a symbolic size (a batch dim moved
+    # into dim 1 by a transpose) would hold for the example's size only.
+    groups, per_group, channels = split_val.shape[1], split_val.shape[2], out.shape[1]
+    if not all(isinstance(n, int) for n in (groups, per_group, channels)) or groups * per_group != channels:
         return None
     if [str(s) for s in split_val.shape[3:]] != [str(s) for s in out.shape[2:]] or str(split_val.shape[0]) != str(
         out.shape[0]
@@ -355,12 +412,13 @@ class _Rewrite:
 
 
 def _rewrite_matches(graph: fx.Graph, report: FuseReport, match: Callable[[fx.Node], _Rewrite | None]) -> None:
-    """Applies ``match``'s rewrite wherever it matches, counting each under its pattern."""
+    """Applies ``match``'s rewrite wherever it matches and computes what it replaces, counting
+    each under its pattern."""
     for node in list(graph.nodes):
         if node.graph is not graph:  # erased by an earlier rewrite
             continue
         rewrite = match(node)
-        if rewrite is None:
+        if rewrite is None or not _computes_like(rewrite.function, rewrite.args, rewrite.kwargs, rewrite.result):
             continue
         with graph.inserting_before(node):
             new = graph.call_function(rewrite.function, rewrite.args, rewrite.kwargs)
@@ -368,6 +426,45 @@ def _rewrite_matches(graph: fx.Graph, report: FuseReport, match: Callable[[fx.No
         rewrite.result.replace_all_uses_with(new)
         _erase_unused(graph, rewrite.replaced)
         report.counts[rewrite.pattern] += 1
+
+
+def _fake_call(function: Callable, args: tuple, kwargs: dict):
+    """``function(*args, **kwargs)`` on the graph's example values (fake tensors, symbolic batch
+    size): a node stands for its value, a real tensor is made fake. None where it cannot run on
+    them."""
+    values = fx.node.map_arg((args, kwargs), lambda n: n.meta.get("val"))
+    tensors = [v for v in pytree.tree_leaves(values) if isinstance(v, torch.Tensor)]
+    fake_mode = torch._guards.detect_fake_mode(tensors)
+    if fake_mode is None:
+        return None
+    values = pytree.tree_map_only(
+        torch.Tensor, lambda t: t if isinstance(t, FakeTensor) else fake_mode.from_tensor(t, static_shapes=True),
+        values)
+    # The module's guards were fixed at capture: checks the fused op makes here on symbolic
+    # sizes must not add any.
+    suppress = fake_mode.shape_env.suppress_guards() if fake_mode.shape_env is not None else contextlib.nullcontext()
+    try:
+        with fake_mode, suppress:
+            return function(*values[0], **values[1])
+    except Exception:  # the fused op refuses these arguments: the rewrite must not happen
+        return None
+
+
+def _same_layout(a, b) -> bool:
+    """Same shape, dtype, device and strides (those of size-1 dims aside, which address nothing):
+    what a later view, stride-dependent op or dtype-dependent op sees."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    if a.dtype != b.dtype or a.device != b.device or not _same_shape(a, b):
+        return False
+    return all(str(x) == str(y) for x, y, size in zip(a.stride(), b.stride(), a.shape) if str(size) != "1")
+
+
+def _computes_like(function: Callable, args: tuple, kwargs: dict, replaced: fx.Node) -> bool:
+    """Whether the call that is to replace ``replaced`` runs on its arguments' example values and
+    gives a tensor laid out as ``replaced``'s: a pattern's shape, dtype and memory-format
+    assumptions checked on the op itself."""
+    return _same_layout(_fake_call(function, args, kwargs), _val(replaced))
 
 
 def _is_so_shuffle(node) -> bool:
@@ -467,7 +564,8 @@ def _depthwise_conv(node: fx.Node):
     if tuple(weight.shape[1:]) != (1, 3, 3):
         return None
     channels = weight.shape[0]
-    if not (isinstance(channels, int) and a["groups"] == channels and x.shape[1] == channels):
+    if not (isinstance(channels, int) and a["groups"] == channels and isinstance(x.shape[1], int)
+            and x.shape[1] == channels):
         return None
     stride = list(a["stride"])
     if any(p != 1 for p in a["padding"]) or any(d != 1 for d in a["dilation"]) or len(set(stride)) != 1:
@@ -526,22 +624,28 @@ def _fuse_convs(gm: fx.GraphModule, report: FuseReport) -> None:
 
         if bn is not None:
             folded_weight, folded_bias = _fold(gm, weight, bias, bn)
+            parameters = folded_weight, folded_bias  # not in the graph yet: their values stand for them
+        else:
+            parameters = weight, bias
+        if pointwise is not None:
+            call = pointwise_group_conv, (x, *parameters, pointwise[3]), {
+                "input_shuffle": input_shuffle, "output_shuffle": output_shuffle, "relu": relu}
+        elif depthwise is not None:
+            call = depthwise_conv3x3, (x, *parameters, depthwise[3]), {"relu": relu}
+        else:
+            call = aten.conv2d.default, (x, *parameters, *other[3]), {}
+        if not _computes_like(*call, tail):
+            continue
+        if bn is not None:
             names = f"fused_conv{fused}_weight", f"fused_conv{fused}_bias"
             gm.register_parameter(names[0], folded_weight)
             gm.register_parameter(names[1], folded_bias)
             with graph.inserting_before(tail):
                 weight, bias = graph.get_attr(names[0]), graph.get_attr(names[1])
             weight.meta["val"], bias.meta["val"] = folded_weight, folded_bias  # read by later rewrites
+            call = call[0], (x, weight, bias, *call[1][3:]), call[2]
         with graph.inserting_before(tail):
-            if pointwise is not None:
-                new = graph.call_function(
-                    pointwise_group_conv, (x, weight, bias, pointwise[3]),
-                    {"input_shuffle": input_shuffle, "output_shuffle": output_shuffle, "relu": relu},
-                )
-            elif depthwise is not None:
-                new = graph.call_function(depthwise_conv3x3, (x, weight, bias, depthwise[3]), {"relu": relu})
-            else:
-                new = graph.call_function(aten.conv2d.default, (x, weight, bias, *other[3]))
+            new = graph.call_function(*call)
         new.meta["val"] = tail.meta.get("val")
         chain, current = [], tail
         while current is not node:  # tail back to the conv, through the ReLU and the BatchNorm
@@ -769,9 +873,11 @@ SMALL_BATCH = 4
 
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for a 2-D ``x``; up to ``SMALL_BATCH`` rows as ``pointwise_group_conv``."""
+    """``F.linear(x, weight, bias)`` for a 2-D ``x``; up to ``SMALL_BATCH`` rows as ``pointwise_group_conv``
+    where ``bias`` is None or one value per output feature (``F.linear`` broadcasts others)."""
     # Under torch.compile a branch on the batch size would compile one graph per side of it.
-    if torch.compiler.is_compiling() or x.shape[0] > SMALL_BATCH:
+    if (torch.compiler.is_compiling() or x.shape[0] > SMALL_BATCH
+            or (bias is not None and bias.shape != weight.shape[:1])):
         return torch.nn.functional.linear(x, weight, bias)
     images = pointwise_group_conv(x[:, :, None, None], weight[:, :, None, None], bias)
     return images.view(x.shape[0], weight.shape[0])
@@ -786,6 +892,14 @@ def _linear(node: fx.Node):
     x, weight = _val(a["input"]), _val(a["weight"])
     if x is None or weight is None or x.dim() != 2 or weight.dim() != 2 or x.device.type != "cpu":
         return None
-    if not _runs_on(pointwise_group_conv, x):
+    if not _runs_on(pointwise_group_conv, x) or weight.dtype != x.dtype or weight.device != x.device:
+        return None
+    # F.linear broadcasts any bias to the output ([], [1], [1, out], [rows, out], ...); the
+    # fused conv takes one value per output feature: other shapes stay with F.linear.
+    bias = _val(a["bias"]) if a["bias"] is not None else None
+    if a["bias"] is not None and not (
+        bias is not None and bias.dim() == 1 and isinstance(bias.shape[0], int) and isinstance(weight.shape[0], int)
+        and bias.shape[0] == weight.shape[0] and bias.dtype == x.dtype and bias.device == x.device
+    ):
         return None
     return _Rewrite(small_batch_linear, (a["input"], a["weight"], a["bias"]), node, [node], SMALL_BATCH_LINEAR)

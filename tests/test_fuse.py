@@ -21,7 +21,7 @@ from torch import nn
 
 import shufflenet_ops as so
 from shufflenet_ops.fuse import (ADD_RELU, AVG_POOL, MAX_POOL, PARAMETER_COMPUTATION, RESIDUAL_ADD_RELU,
-                                 SMALL_BATCH, SMALL_BATCH_LINEAR, STEM, FuseError)
+                                 SMALL_BATCH, SMALL_BATCH_LINEAR, STEM, FuseError, small_batch_linear)
 from shufflenet_ops.models import shufflenet_v1_unfused
 from tests.stock_shufflenet import randomize_batch_norms
 
@@ -662,3 +662,208 @@ def test_registered_op_call_only_where_a_registered_op_runs():
         assert so.functional.registered_op_call(function, args, {}, meta) is None
     # An explicit backend is the caller's choice: left to the public function.
     assert so.functional.registered_op_call(so.channel_shuffle, (x, 2), {"backend": "reference"}, x.device) is None
+
+
+# --- copies of the fused module -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_deepcopy_keeps_report_behaviour_and_owns_its_parameters(mode):
+    torch.manual_seed(1)
+    model = getattr(randomize_batch_norms(shufflenet_v1_unfused(3, 0.25, 10), seed=1), mode)()
+    x = torch.randn(2, 3, 32, 32)
+    fused = so.fuse(copy.deepcopy(model), x)
+    copied = copy.deepcopy(fused)
+    assert copied.fuse_report == fused.fuse_report and copied.fuse_report is not fused.fuse_report
+    assert str(copied.fuse_report) == str(fused.fuse_report)
+    assert_same_function(model, copied, torch.randn(3, 3, 32, 32), train=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), fused(x), atol=0, rtol=0)
+    # It stays an exported module: train()/eval() and a call of another structure are refused as before.
+    with pytest.raises(NotImplementedError):
+        copied.eval()
+    with pytest.raises(ValueError, match=r"tree spec|keyword mismatch"):
+        copied(x, x)
+    # A copy of the copy keeps all of it too.
+    again = copy.deepcopy(copied)
+    assert again.fuse_report == fused.fuse_report
+    # The copy's tensors are its own: editing them leaves the original alone.
+    with torch.no_grad():
+        before = fused(x).clone()
+        assert all(a is not b for a, b in zip(copied.parameters(), fused.parameters()))
+        for p in copied.parameters():
+            p.mul_(1.5)
+        for b in copied.buffers():
+            if b.is_floating_point():
+                b.add_(0.5)
+        torch.testing.assert_close(fused(x), before, atol=0, rtol=0)
+        assert not torch.allclose(copied(x), before)
+    expected_after_edit = copy.deepcopy(fused)
+    expected_after_edit.load_state_dict(copied.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), expected_after_edit(x))
+
+
+# --- every rewrite on unusual but valid parameters -------------------------------------------------------
+
+class UnusualParameters(nn.Module):
+    """Parameter shapes and BatchNorm variants stock PyTorch accepts, next to every rewrite."""
+
+    def __init__(self, linear_bias_shape):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, 2, 1, bias=True), nn.BatchNorm2d(12, affine=False), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.compress = nn.Conv2d(12, 12, 1, groups=3, bias=True)
+        self.compress_bn = nn.BatchNorm2d(12, affine=False)
+        self.depthwise = nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=True)
+        self.depthwise_bn = nn.BatchNorm2d(12, affine=False)
+        self.expand = nn.Conv2d(12, 12, 1, groups=3, bias=True)
+        self.expand_bn = nn.BatchNorm2d(12, track_running_stats=False)  # batch statistics, also in eval
+        self.weight = nn.Parameter(torch.randn(7, 12) / 4)
+        self.bias = nn.Parameter(torch.randn(linear_bias_shape)) if linear_bias_shape is not None else None
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.channel_shuffle(F.relu(self.compress_bn(self.compress(x))), 3)
+        y = self.expand_bn(self.expand(self.depthwise_bn(self.depthwise(y))))
+        features = F.relu(x + y).mean((2, 3))
+        bias = self.bias if self.bias is not None else torch.tensor(0.5)  # a constant 0-dim bias
+        return F.linear(features, self.weight, bias)
+
+
+def randomize_running_statistics(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("linear_bias_shape", [(), (1,), (1, 7), (7,), None])
+def test_rewrites_on_unusual_parameters_match_stock(linear_bias_shape):
+    torch.manual_seed(2)
+    model = randomize_running_statistics(UnusualParameters(linear_bias_shape), seed=2).eval()
+    fused = so.fuse(copy.deepcopy(model), torch.randn(3, 3, 32, 32))
+    counts = fused.fuse_report.counts
+    assert counts[STEM] == 1  # its BatchNorm without affine parameters folded
+    assert counts["shuffle fused into the preceding 1x1 conv"] == 1
+    assert counts["BatchNorm folded into a fused 1x1 conv"] == 1
+    assert counts["3x3 depthwise conv, with its BatchNorm/ReLU (depthwise_conv3x3)"] == 1
+    # The BatchNorm without running statistics normalizes with the batch: it stays stock.
+    assert call_targets(fused).count(aten.batch_norm.default) == 1
+    # Only a bias of one value per output feature goes to the fused conv.
+    assert counts[SMALL_BATCH_LINEAR] == int(linear_bias_shape == (7,))
+    for batch in (1, SMALL_BATCH, SMALL_BATCH + 1):  # both sides of SMALL_BATCH
+        x = torch.randn(batch, 3, 32, 32)
+        expected = model(x)
+        torch.testing.assert_close(fused(x), expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
+
+
+# --- look-alikes: left alone, and the fused module still runs wherever the stock one does ------------
+
+def transposed_batch_shuffle(y, groups):
+    """The shuffle idiom with the split's dims 0 and 1 swapped: it mixes samples, not channels."""
+    n, c, h, w = y.shape
+    return y.reshape(n, groups, c // groups, h, w).transpose(0, 1).reshape(n, c, h, w)
+
+
+def permuted_batch_shuffle(y, groups):
+    n, c, h, w = y.shape
+    return y.reshape(n, groups, c // groups, h, w).permute(1, 0, 2, 3, 4).reshape(n, c, h, w)
+
+
+def shuffle_of_samples(y, groups):
+    """The shuffle idiom over a tensor whose dim 1 is the batch: shuffles samples."""
+    return idiom_g_n(y.transpose(0, 1), groups).transpose(0, 1)
+
+
+class LookAlike(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv1 = nn.Conv2d(12, 12, 1, groups=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 12, 1, groups=3)
+
+    def forward(self, x):
+        if self.kind == "transpose feeding a conv":  # the input is [C, N, H, W]
+            x = x.transpose(0, 1)
+        y = F.relu(self.bn1(self.conv1(x)))
+        if self.kind == "split dims 0 and 1 transposed":
+            y = transposed_batch_shuffle(y, 3)
+        elif self.kind == "split dims 0 and 1 permuted":
+            y = permuted_batch_shuffle(y, 3)
+        elif self.kind == "shuffle of samples after a transpose":
+            y = shuffle_of_samples(y, 3)
+        elif self.kind == "transpose following a conv":
+            return self.conv2(y).transpose(0, 1)
+        y = self.conv2(y)
+        return y.transpose(0, 1) if self.kind == "transpose feeding a conv" else y
+
+
+LOOK_ALIKES = {  # kind -> (example shape, other input shapes the stock model and torch.export's capture take)
+    "transpose feeding a conv": ((12, 6, 5, 5), [(12, 6, 5, 5)]),
+    "split dims 0 and 1 transposed": ((3, 12, 5, 5), [(3, 12, 5, 5)]),
+    "split dims 0 and 1 permuted": ((3, 12, 5, 5), [(3, 12, 5, 5)]),
+    "shuffle of samples after a transpose": ((6, 12, 5, 5), [(6, 12, 5, 5), (12, 12, 5, 5)]),
+    "transpose following a conv": ((3, 12, 5, 5), [(3, 12, 5, 5), (5, 12, 5, 5)]),
+}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("kind", LOOK_ALIKES)
+def test_look_alikes_are_left_unfused_and_run_like_stock(kind, mode):
+    torch.manual_seed(3)
+    model = getattr(randomize_batch_norms(LookAlike(kind)), mode)()
+    example, others = LOOK_ALIKES[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "found no channel shuffle": that is the point
+        fused = so.fuse(copy.deepcopy(model), torch.randn(example))
+    report = fused.fuse_report
+    assert report.shuffles_found == 0, report  # nothing that mixes samples is a channel shuffle
+    assert aten.transpose.int in call_targets(fused) or aten.permute.default in call_targets(fused)
+    for shape in others:  # each from the state fused in: a train-mode call updates BatchNorm buffers
+        assert_same_function(model, copy.deepcopy(fused), torch.randn(shape), train=mode == "train")
+
+
+class ShuffleThenView(nn.Module):
+    """The idiom's result is contiguous whatever its input's layout; the view after it needs that."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(12, 12, 1, groups=3, bias=False)
+        self.bn = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 12, 1, groups=3)
+
+    def forward(self, x):
+        y = self.conv2(idiom_g_n(F.relu(self.bn(self.conv(x))), 3))
+        return y.view(y.shape[0], -1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rewrites_keep_the_memory_format_later_ops_rely_on(channels_last):
+    torch.manual_seed(4)
+    model = randomize_batch_norms(ShuffleThenView()).eval()
+    x = torch.randn(2, 12, 5, 5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = so.fuse(copy.deepcopy(model), x)
+    # NCHW: fused as usual. channels_last: the fused ops would keep channels_last where the
+    # idiom's output is contiguous, so the shuffle is left alone.
+    assert fused.fuse_report.shuffles_found == int(not channels_last)
+    for batch in (2, 3):
+        x_other = torch.randn(batch, 12, 5, 5)
+        if channels_last:
+            x_other = x_other.to(memory_format=torch.channels_last)
+        expected, actual = model(x_other), fused(x_other)
+        torch.testing.assert_close(actual, expected)
+        assert actual.stride() == expected.stride()
+
+
+@pytest.mark.parametrize("bias_shape", [(), (1,), (1, 7), (2, 7), (2, 1), (7,)])
+def test_small_batch_linear_takes_any_bias_f_linear_takes(bias_shape):
+    x, weight, bias = torch.randn(2, 5), torch.randn(7, 5), torch.randn(bias_shape)
+    torch.testing.assert_close(small_batch_linear(x, weight, bias), F.linear(x, weight, bias))

@@ -176,29 +176,171 @@ def test_bad_arguments(kwargs, match):
         so.models.shufflenet_v1(**kwargs)
 
 
-def test_eval_folding_cache_follows_parameter_changes():
-    torch.manual_seed(0)
-    model = randomize_batch_norms(so.models.shufflenet_v1(3, 0.25, num_classes=10)).eval()
+def stock_twin(zoo):
+    """A shufflenet_v1_unfused with ``zoo``'s current weights, dtype and device, in eval mode."""
+    stock = shufflenet_v1_unfused(zoo.groups, zoo.width_mult, num_classes=zoo.fc.out_features)
+    stock = stock.to(dtype=zoo.fc.weight.dtype, device=zoo.fc.weight.device)
+    load_zoo_weights(stock, zoo)
+    return stock.eval()
+
+
+def assert_eval_matches_stock_twin(zoo, x, *, factor=10):
+    """``zoo``'s eval output, under no_grad, inference_mode and with autograd on, against its
+    stock twin loaded with the weights ``zoo`` holds now."""
+    zoo.eval()
+    with torch.no_grad():
+        expected = stock_twin(zoo)(x)
+    atol, rtol = TOLERANCES[expected.dtype]
+    scale = expected.abs().max().item()
+    for context in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+        with context():
+            actual = zoo(x)
+        torch.testing.assert_close(actual.detach(), expected, atol=factor * atol * scale, rtol=factor * rtol,
+                                   msg=lambda m: f"under {context.__name__}: {m}")
+
+
+def random_gradients(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+
+OPTIMIZERS = {
+    "Adam fused": lambda params: torch.optim.Adam(params, lr=0.05, fused=True),
+    "Adam foreach": lambda params: torch.optim.Adam(params, lr=0.05, foreach=True),
+    "SGD fused": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, fused=True),
+    "SGD foreach": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, foreach=True),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_eval_after_an_optimizer_step_uses_the_new_weights(optimizer, seed):
+    # Fused optimizers update parameters in place without bumping their version counters:
+    # whatever eval mode derives from the parameters must see the step anyway.
+    zoo, _ = make_pair(3, 0.25, seed)
     x = torch.randn(2, 3, 32, 32)
+    assert_eval_matches_stock_twin(zoo, x)  # eval calls before the step, in every autograd mode
+    random_gradients(zoo, seed)
+    before = [p.detach().clone() for p in zoo.parameters()]
+    OPTIMIZERS[optimizer](zoo.parameters()).step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, zoo.parameters()))
+    assert_eval_matches_stock_twin(zoo, x)
 
-    def without_cache():
-        with torch.enable_grad():  # the folding is recomputed whenever autograd is on
-            return model(x).detach()
 
+@pytest.mark.parametrize("edit", ["data.mul_", "data.copy_", "copy_ under no_grad", "buffers via data"])
+def test_eval_after_in_place_edits_uses_the_new_tensors(edit):
+    # An edit through .data bumps the version counter of that alias only.
+    zoo, _ = make_pair(2, 0.25, seed=3)
+    x = torch.randn(2, 3, 32, 32)
+    assert_eval_matches_stock_twin(zoo, x)
+    gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        first = model(x)
-        assert torch.equal(model(x), first)  # served from the cache
-        model.stage2[1].expand_bn.running_var.mul_(2)  # in place, like a training step
-        model.stage3[0].compress.weight.add_(0.1)
-        changed = model(x)
-    torch.testing.assert_close(changed, without_cache())
-    assert not torch.allclose(changed, first)
+        for name, p in zoo.named_parameters():
+            if edit == "data.mul_":
+                p.data.mul_(1 + torch.rand(p.shape, generator=gen))
+            elif edit == "data.copy_":
+                p.data.copy_(p + torch.randn(p.shape, generator=gen) * 0.1)
+            elif edit == "copy_ under no_grad":
+                p.copy_(p + torch.randn(p.shape, generator=gen) * 0.1)
+        if edit == "buffers via data":
+            for name, b in zoo.named_buffers():
+                if b.is_floating_point():
+                    b.data.add_(torch.rand(b.shape, generator=gen))  # stays a valid (positive) variance
+    assert_eval_matches_stock_twin(zoo, x)
 
-    state = {k: v.clone() * 1.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.load_state_dict(state, assign=True)  # new tensors, same module
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_eval_after_load_state_dict_uses_the_loaded_tensors(assign):
+    zoo, _ = make_pair(3, 0.25, seed=4)
+    source, _ = make_pair(3, 0.25, seed=5)
+    x = torch.randn(2, 3, 32, 32)
+    assert_eval_matches_stock_twin(zoo, x)
+    zoo.load_state_dict(source.state_dict(), assign=assign)
+    assert_eval_matches_stock_twin(zoo, x)
     with torch.no_grad():
-        reloaded = model(x)
-    torch.testing.assert_close(reloaded, without_cache())
+        torch.testing.assert_close(zoo(x), source.eval()(x))
+
+
+def test_eval_after_to_float64_uses_the_converted_tensors():
+    zoo, _ = make_pair(4, 0.25, seed=6)
+    x = torch.randn(2, 3, 32, 32)
+    assert_eval_matches_stock_twin(zoo, x)
+    zoo.to(torch.float64)
+    assert_eval_matches_stock_twin(zoo, x.double())
+
+
+def test_model_built_under_inference_mode():
+    # Inference tensors have no version counter; the model must still run, in both autograd-off modes.
+    with torch.inference_mode():
+        zoo, _ = make_pair(3, 0.25, seed=8)
+        x = torch.randn(2, 3, 32, 32)
+    zoo.eval()
+    with torch.no_grad():
+        expected = stock_twin(zoo)(x)
+    atol, rtol = TOLERANCES[torch.float32]
+    for context in (torch.inference_mode, torch.no_grad):
+        with context():
+            actual = zoo(x)
+        torch.testing.assert_close(actual, expected, atol=10 * atol * expected.abs().max().item(), rtol=10 * rtol)
+        with torch.inference_mode():  # and after an in-place change
+            zoo.stage3[1].expand_bn.running_var.mul_(3)
+            zoo.stage2[0].compress.weight.add_(0.2)
+        with torch.no_grad():
+            expected = stock_twin(zoo)(x)
+        with context():
+            actual = zoo(x)
+        torch.testing.assert_close(actual, expected, atol=10 * atol * expected.abs().max().item(), rtol=10 * rtol)
+
+
+def test_standalone_unit_and_units_in_other_containers_fold_their_own():
+    # A unit called on its own, or in a container that is not a ShuffleStage, folds its BatchNorms.
+    zoo, stock = make_pair(3, 0.25, seed=9)
+    zoo.stage3 = torch.nn.Sequential(*zoo.stage3)
+    x = torch.randn(2, 3, 32, 32)
+    assert_eval_matches_stock_twin(zoo, x)
+    unit, stock_unit = zoo.stage3[1].eval(), stock.features[5].eval()
+    y = torch.randn(2, unit.compress.in_channels, 4, 4)
+    with torch.no_grad():
+        expected = stock_unit(y.clone())
+        torch.testing.assert_close(unit(y), expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-5)
+
+
+def test_batch_norms_without_affine_parameters_are_folded():
+    zoo, stock = make_pair(2, 0.25, seed=11)
+    gen = torch.Generator().manual_seed(11)
+    for zoo_unit, stock_unit in ((zoo.stage2[1], stock.features[1]), (zoo.stage4[0], stock.features[12])):
+        channels = zoo_unit.expand_bn.num_features
+        zoo_unit.expand_bn = torch.nn.BatchNorm2d(channels, affine=False)
+        stock_unit.bn3 = torch.nn.BatchNorm2d(channels, affine=False)
+        mean, var = torch.randn(channels, generator=gen) * 0.2, torch.rand(channels, generator=gen) + 0.5
+        with torch.no_grad():
+            for bn in (zoo_unit.expand_bn, stock_unit.bn3):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+    zoo.eval(), stock.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = stock(x)
+        for context in (torch.no_grad, torch.inference_mode):
+            with context():
+                actual = zoo(x)
+            torch.testing.assert_close(actual, expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
+
+
+def test_batch_norms_without_running_statistics_normalize_with_the_batch_in_eval():
+    # Stock BatchNorm without running statistics uses batch statistics in eval too: nothing to fold.
+    zoo, stock = make_pair(3, 0.25, seed=10)
+    for model in (zoo, stock):
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.track_running_stats = False
+                module.running_mean = module.running_var = module.num_batches_tracked = None
+    zoo.eval(), stock.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = stock(x)
+        torch.testing.assert_close(zoo(x), expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
 
 
 def test_a_model_that_ran_inference_still_saves_whole():
@@ -215,3 +357,36 @@ def test_a_model_that_ran_inference_still_saves_whole():
     copied = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(copied(x), expected)
+
+
+def test_concurrent_eval_calls_of_one_model():
+    # Without autograd the folded weights go into storage kept for the model: calls from several
+    # threads at once must each still compute their own input's output.
+    import threading
+
+    zoo, _ = make_pair(3, 0.25, seed=12)
+    zoo.eval()
+    inputs = [torch.randn(2, 3, 32, 32) for _ in range(8)]
+    with torch.no_grad():
+        twin = stock_twin(zoo)
+        expected = [twin(x) for x in inputs]
+    results, errors = {}, []
+
+    def run(index):
+        try:
+            context = torch.inference_mode if index % 2 else torch.no_grad
+            with context():
+                for _ in range(3):
+                    results[index] = zoo(inputs[index]).clone()
+        except Exception as error:  # reported below, with the thread's index
+            errors.append((index, error))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    atol, rtol = TOLERANCES[torch.float32]
+    for index, want in enumerate(expected):
+        torch.testing.assert_close(results[index], want, atol=10 * atol * want.abs().max().item(), rtol=10 * rtol)
