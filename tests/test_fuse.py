@@ -592,23 +592,28 @@ class EveryRewrite(nn.Module):
         return self.classifier(self.pools(F.relu(self.expand(y) + x)).mean((2, 3))), self.stem(x)
 
 
-def test_ops_in_a_dtype_the_kernel_lacks_are_left():
-    """float16 on CPU: the native kernels do not run it, so nothing is rewritten onto them."""
+def test_float16_cpu_models_fuse_and_convert():
+    """float16 on CPU, which the ops compute with stock ATen operators inside their kernels:
+    a float16 model is fused like a float32 one, and a model fused in float32 and then
+    converted with .to(torch.float16) runs, both equal to the stock float16 model."""
     torch.manual_seed(0)
-    model = randomize_batch_norms(EveryRewrite()).eval().half()
-    x = torch.randn(2, 12, 8, 8, dtype=torch.float16)
-    fused = so.fuse(model, x)
+    model = randomize_batch_norms(EveryRewrite()).eval()
+    x = torch.randn(2, 12, 8, 8)
     # pattern -> occurrences (the stem's max pool is rewritten first, then fused into the stem)
     rewritten_to_kernels = {MAX_POOL: 2, AVG_POOL: 1, RESIDUAL_ADD_RELU: 1, SMALL_BATCH_LINEAR: 1, STEM: 1,
                             "3x3 depthwise conv, with its BatchNorm/ReLU (depthwise_conv3x3)": 1,
                             "shuffle fused into the preceding 1x1 conv": 1}
-    assert all(fused.fuse_report.counts[pattern] == 0 for pattern in rewritten_to_kernels)
-    # float16 rounds the folded BatchNorms differently from the model's own.
-    torch.testing.assert_close(fused(x), model(x), atol=1e-3, rtol=1e-2)
-    # The same model in float32 has every pattern rewritten.
-    fused32 = so.fuse(model.float(), x.float())
+    fused32 = so.fuse(copy.deepcopy(model), x)
     assert {pattern: fused32.fuse_report.counts[pattern] for pattern in rewritten_to_kernels} == rewritten_to_kernels
-    torch.testing.assert_close(fused32(x.float()), model(x.float()), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused32(x), model(x), atol=1e-4, rtol=1e-4)
+    model16, x16 = copy.deepcopy(model).half(), x.half()
+    fused16 = so.fuse(copy.deepcopy(model16), x16)
+    assert {pattern: fused16.fuse_report.counts[pattern] for pattern in rewritten_to_kernels} == rewritten_to_kernels
+    converted = copy.deepcopy(fused32).to(torch.float16)
+    for result in (fused16(x16), converted(x16)):
+        assert all(t.dtype == torch.float16 for t in torch.utils._pytree.tree_leaves(result))
+        # float16 rounds the folded BatchNorms differently from the model's own.
+        torch.testing.assert_close(result, model16(x16), atol=1e-3, rtol=1e-2)
 
 
 class Classifiers(nn.Module):
