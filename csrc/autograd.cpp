@@ -111,6 +111,7 @@ class BackwardNode : public Node {
 // shared pointers; getptr() names the one in use.
 using NodePtr = decltype(std::declval<Node&>().getptr());
 
+// A template, so that only the branch of the torch in use is compiled.
 template <typename T = BackwardNode>
 auto make_node(const char* name, BackwardNode::Derivative derivative) {
   if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>) {
