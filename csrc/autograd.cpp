@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "op_families.h"
+#include "shuffle_tensor.h"
 
 namespace shufflenet_ops {
 namespace {
@@ -170,11 +171,12 @@ at::Tensor relu_mask(const at::Tensor& t, const at::Tensor& relu_output) {
   return t.defined() && relu_output.defined() ? at::threshold_backward(t, relu_output, 0) : t;
 }
 
-// A per-channel vector's gradient or tangent spread over an activation of `sizes`.
-at::Tensor broadcast_channels(const at::Tensor& v, c10::SymIntArrayRef sizes) {
+// A per-channel vector's gradient or tangent spread over an activation of
+// `sizes` (a view), its channels first shuffled by `shuffle`.
+at::Tensor broadcast_channels(const at::Tensor& v, c10::SymIntArrayRef sizes, int64_t shuffle = 1) {
   std::vector<c10::SymInt> shape(sizes.size(), 1);
   shape[1] = v.sym_size(0);
-  return v.view_symint(shape).expand_symint(sizes);
+  return shuffle_channels(v.view_symint(shape), shuffle).expand_symint(sizes);
 }
 
 // ---------------------------------------------------------------- the op families
@@ -240,17 +242,6 @@ at::Tensor grad_bias(const at::Tensor& grad_out, int64_t output_shuffle) {
   return FamilyOps<Family>::get().grad_bias.call(grad_out, output_shuffle);
 }
 
-// The channel shuffle of a per-channel vector: view (g, C / g), transpose, flatten.
-at::Tensor shuffle_vector(const at::Tensor& v, int64_t groups) {
-  const c10::SymInt channels = v.sym_size(0);
-  return v.view_symint({c10::SymInt(groups), channels / groups}).t().reshape_symint({channels});
-}
-
-// The inverse of a shuffle with g groups of C channels is the shuffle with C / g.
-int64_t inverse_shuffle(const at::Tensor& t, int64_t groups) {
-  return t.sym_size(1).guard_int(__FILE__, __LINE__) / groups;
-}
-
 template <typename Family>
 struct ChannelShuffle {
   using Signature = typename FamilyOps<Family>::Shuffle;
@@ -258,7 +249,7 @@ struct ChannelShuffle {
   static variable_list backward(BackwardNode& node, const variable_list& grads) {
     const at::Tensor& grad = grads[0];
     if (!grad.defined() || !node.wants(0)) return {at::Tensor()};
-    return {FamilyOps<Family>::get().channel_shuffle.call(grad, inverse_shuffle(grad, node.ints[0]))};
+    return {FamilyOps<Family>::get().channel_shuffle.call(grad, inverse_shuffle_groups(grad, node.ints[0]))};
   }
 
   static at::Tensor run(const at::Tensor& x, int64_t groups) {
@@ -307,7 +298,7 @@ struct PointwiseGroupConv {
     if (tw.defined()) {
       t = add_defined(t, conv<Family>(primal(x), tw, l, tx.defined() ? std::nullopt : optional_if_defined(tb)));
     }
-    if (!t.defined() && tb.defined()) t = broadcast_channels(shuffle_vector(tb, l.output_shuffle), y.sym_sizes());
+    if (!t.defined() && tb.defined()) t = broadcast_channels(tb, y.sym_sizes(), l.output_shuffle);
     t = add_defined(t, tangent(residual));
     return relu ? relu_mask(t, y) : t;
   }
@@ -425,7 +416,7 @@ struct GradBias {
   static variable_list backward(BackwardNode& node, const variable_list& grads) {
     const at::Tensor& u = grads[0];
     if (!u.defined() || !node.wants(0)) return {at::Tensor()};
-    return {broadcast_channels(shuffle_vector(u, node.ints[0]), node.sizes)};
+    return {broadcast_channels(u, node.sizes, node.ints[0])};
   }
 
   static at::Tensor run(const at::Tensor& grad_out, int64_t output_shuffle) {

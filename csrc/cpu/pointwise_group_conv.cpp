@@ -206,16 +206,11 @@ at::Tensor stock_forward(const ConvProblem& p, const at::Tensor& x, const at::Te
   at::Tensor y = p.in_per_group() == 0
                      ? stock_empty_sum({p.batch, p.out_channels, p.height, p.width},
                                        x.options().memory_format(format), bias)
-                     : at::conv2d(stock_channel_shuffle(x, p.input_shuffle), pointwise_weight(weight), bias, ones,
+                     : at::conv2d(shuffle_channels(x, p.input_shuffle), pointwise_weight(weight), bias, ones,
                                   zeros, ones, p.groups);
-  y = stock_channel_shuffle(y, p.output_shuffle);
+  y = shuffle_channels(y, p.output_shuffle);
   if (residual.has_value()) y = at::add(y, *residual);
   return relu ? at::relu(y) : y;
-}
-
-// The inverse of channel_shuffle(., s) over C channels is channel_shuffle(., C / s).
-at::Tensor stock_unshuffle(const at::Tensor& t, int64_t shuffle) {
-  return stock_channel_shuffle(t, t.size(1) / shuffle);
 }
 
 at::Tensor stock_grad_input(const ConvProblem& p, const at::Tensor& grad_out, const at::Tensor& weight,
@@ -224,22 +219,22 @@ at::Tensor stock_grad_input(const ConvProblem& p, const at::Tensor& grad_out, co
   const at::Tensor input_shape = at::empty({p.batch, p.in_channels, p.height, p.width},
                                            grad_out.options().memory_format(format));
   const at::Tensor grad_shuffled_x = std::get<0>(at::convolution_backward(
-      stock_unshuffle(grad_out, p.output_shuffle), input_shape, pointwise_weight(weight), std::nullopt, {1, 1},
+      unshuffle_channels(grad_out, p.output_shuffle), input_shape, pointwise_weight(weight), std::nullopt, {1, 1},
       {0, 0}, {1, 1}, false, {0, 0}, p.groups, {true, false, false}));
-  return stock_unshuffle(grad_shuffled_x, p.input_shuffle);
+  return unshuffle_channels(grad_shuffled_x, p.input_shuffle);
 }
 
 at::Tensor stock_grad_weight(const ConvProblem& p, const at::Tensor& grad_out, const at::Tensor& x) {
   // Only the weight's shape is read when just grad_weight is asked for.
   const at::Tensor weight_shape = at::empty({p.out_channels, p.in_per_group(), 1, 1}, x.options());
-  return std::get<1>(at::convolution_backward(stock_unshuffle(grad_out, p.output_shuffle),
-                                              stock_channel_shuffle(x, p.input_shuffle), weight_shape,
+  return std::get<1>(at::convolution_backward(unshuffle_channels(grad_out, p.output_shuffle),
+                                              shuffle_channels(x, p.input_shuffle), weight_shape,
                                               std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, p.groups,
                                               {false, true, false}));
 }
 
 at::Tensor stock_grad_bias(const at::Tensor& grad_out, int64_t output_shuffle) {
-  return stock_unshuffle(grad_out, output_shuffle).sum({0, 2, 3});
+  return unshuffle_channels(grad_out, output_shuffle).sum({0, 2, 3});
 }
 
 // ---------------------------------------------------------------- op kernels

@@ -5,6 +5,7 @@
 // dtype that the stock layers it replaced computed.
 #pragma once
 
+#include "../shuffle_tensor.h"
 #include "../validation.h"
 
 #include <ATen/core/Tensor.h>
@@ -13,7 +14,6 @@
 
 #include <optional>
 #include <utility>
-#include <vector>
 
 namespace shufflenet_ops::cpu {
 
@@ -44,15 +44,6 @@ inline at::Tensor stock_empty_sum(at::IntArrayRef shape, const at::TensorOptions
   at::Tensor sum = at::zeros(shape, options);
   if (bias.has_value()) sum.add_(bias->reshape({1, shape[1], 1, 1}));
   return sum;
-}
-
-// reference.channel_shuffle: view the channels as (groups, C / groups), transpose, flatten.
-inline at::Tensor stock_channel_shuffle(const at::Tensor& x, int64_t groups) {
-  if (groups == 1) return x;
-  std::vector<int64_t> split(x.sizes().begin(), x.sizes().end());
-  split[1] = x.size(1) / groups;
-  split.insert(split.begin() + 1, groups);
-  return x.reshape(split).transpose(1, 2).reshape(x.sizes());
 }
 
 }  // namespace shufflenet_ops::cpu
