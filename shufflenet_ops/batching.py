@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .functional import _DEPTHWISE_OP, _POOL_OP, _STEM_OP
 from .ops import DEPTHWISE_CONV3X3, NATIVE, POOL3X3, STEM_CONV3X3_MAXPOOL, TRITON, OpFamily
 
 
@@ -129,10 +130,6 @@ def _register_family_rules(family: OpFamily):
 
 _register_family_rules(NATIVE)
 _register_family_rules(TRITON)
-
-_DEPTHWISE_OP = NATIVE.op("depthwise_conv3x3")
-_POOL_OP = NATIVE.op("pool3x3")
-_STEM_OP = NATIVE.op("stem_conv3x3_maxpool")
 
 
 @torch.library.register_vmap(DEPTHWISE_CONV3X3)
