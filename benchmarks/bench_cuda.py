@@ -6,7 +6,7 @@ the backward against the reference's autograd, and channel_shuffle as a fraction
 of copy bandwidth. Also times the Triton backend where it is registered, the data
 for choosing between the two per shape.
 
-    python benchmarks/bench_cuda.py [--dtype bfloat16] [--batch 64] [--json out.json]
+    python benchmarks/bench_cuda.py [--dtype bfloat16] [--batch 64] [--skip-triton] [--json out.json]
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.set_defaults(device="cuda", dtype="bfloat16", min_run_time=0.05)
     parser.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--skip-triton", action="store_true",
+                        help="leave the Triton backend out (its autotuning compiles many kernels per shape; "
+                             "bench_triton.py measures it)")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     element = torch.empty((), dtype=dtype).element_size()
-    triton = "triton" in so.available_backends(device)
+    triton = "triton" in so.available_backends(device) and not args.skip_triton
     bandwidth = copy_bandwidth(device, args.min_run_time)
     print(f"copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s")
 
