@@ -13,6 +13,7 @@
 #include <string>
 
 #include "op_families.h"
+#include "validation.h"
 
 namespace shufflenet_ops {
 namespace {
@@ -77,9 +78,9 @@ struct Autocast<Device, PointwiseGroupConvOp<Family>, ConvSignature> {
     if (!residual || !residual->defined() || residual->scalar_type() == cast_x.scalar_type()) {
       return op.call(cast_x, cast(weight), cast(bias), groups, input_shuffle, output_shuffle, relu, residual);
     }
-    at::Tensor y =
-        op.call(cast_x, cast(weight), cast(bias), groups, input_shuffle, output_shuffle, false, std::nullopt) +
-        *residual;
+    at::Tensor y = op.call(cast_x, cast(weight), cast(bias), groups, input_shuffle, output_shuffle, false, std::nullopt);
+    check_residual(PointwiseGroupConvOp<Family>::name().c_str(), *residual, x, y.sizes(), /*any_floating_dtype=*/true);
+    y = y + *residual;
     return relu ? at::relu(y) : y;
   }
 };

@@ -90,12 +90,23 @@ ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& we
                     ")");
   check_bias(op, bias, x, p.out_channels, "[C_out]");
   if (residual.has_value()) {
-    check_matches(op, "residual", *residual, "x", x);
-    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef({p.batch, p.out_channels, p.height, p.width}), op,
-                      ": expected residual of the output's shape [N, C_out, H, W] = [", p.batch, ", ",
-                      p.out_channels, ", ", p.height, ", ", p.width, "], got ", residual->sizes());
+    check_residual(op, *residual, x, {p.batch, p.out_channels, p.height, p.width});
   }
   return p;
+}
+
+void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& x,
+                    c10::IntArrayRef output_sizes, bool any_floating_dtype) {
+  if (any_floating_dtype) {
+    TORCH_CHECK_TYPE(at::isFloatingType(residual.scalar_type()), op,
+                     ": expected residual to be a floating-point tensor, got ", residual.scalar_type());
+    TORCH_CHECK_VALUE(residual.device() == x.device(), op, ": expected residual to be on the same device as x (",
+                      x.device(), "), got ", residual.device());
+  } else {
+    check_matches(op, "residual", residual, "x", x);
+  }
+  TORCH_CHECK_VALUE(residual.sizes() == output_sizes, op, ": expected residual of the output's shape [N, C_out, H, W] = ",
+                    output_sizes, ", got ", residual.sizes());
 }
 
 ConvProblem check_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t groups,

@@ -33,6 +33,12 @@ ConvProblem check_pointwise_group_conv(const at::Tensor& x, const at::Tensor& we
                                        int64_t input_shuffle, int64_t output_shuffle,
                                        const std::optional<at::Tensor>& residual);
 
+// A residual added to a conv's output of `output_sizes`: of that shape, on x's
+// device, and in x's dtype unless `any_floating_dtype` (under autocast, where
+// the sum is taken in the promoted dtype, as conv2d(...) + residual is).
+void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& x,
+                    c10::IntArrayRef output_sizes, bool any_floating_dtype = false);
+
 ConvProblem check_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t groups,
                              int64_t input_shuffle, int64_t output_shuffle);
 

@@ -79,6 +79,7 @@ def depthwise_conv3x3(
                                optional_tensors={"bias": bias}, integers={"stride": stride})
     if x.device.type in _DEPTHWISE_NATIVE_DEVICES:
         return _DEPTHWISE_OP(x, weight, bias, stride, bool(relu))
+    x, weight, bias = _autocast_cast(x.device.type, x, weight, bias)
     check.check_depthwise_conv3x3(x, weight, bias, stride)
     return reference.depthwise_conv3x3(x, weight, bias, stride, relu=bool(relu))
 
@@ -121,8 +122,23 @@ def stem_conv3x3_maxpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                                optional_tensors={"bias": bias})
     if x.device.type in _STEM_NATIVE_DEVICES:
         return _STEM_OP(x, weight, bias)
+    x, weight, bias = _autocast_cast(x.device.type, x, weight, bias)
     check.check_stem_conv3x3_maxpool(x, weight, bias)
     return reference.stem_conv3x3_maxpool(x, weight, bias)
+
+
+def _autocast_cast(device_type: str, *tensors):
+    """``tensors`` as the compiled ops' autocast kernels (csrc/autocast.cpp) pass
+    them on, for the reference path on devices without such kernels: under
+    torch.autocast for ``device_type``, floating-point tensors other than float64
+    in the autocast dtype, as conv2d's inputs are cast; unchanged otherwise."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        for t in tensors
+    )
 
 
 def _reference_shuffle(x, groups):
@@ -131,6 +147,15 @@ def _reference_shuffle(x, groups):
 
 
 def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual=None):
+    x, weight, bias = _autocast_cast(x.device.type, x, weight, bias)
+    if (residual is not None and residual.is_floating_point() and residual.dtype != x.dtype
+            and torch.is_autocast_enabled(x.device.type)):
+        # As csrc/autocast.cpp does: conv2d(...) + residual, in the promoted dtype.
+        check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle,
+                                         residual.to(x.dtype))
+        y = reference.pointwise_group_conv(x, weight, bias, groups, input_shuffle=input_shuffle,
+                                           output_shuffle=output_shuffle) + residual
+        return torch.relu(y) if relu else y
     check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle, residual)
     return reference.pointwise_group_conv(
         x, weight, bias, groups, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu,

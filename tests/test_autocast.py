@@ -150,3 +150,30 @@ def test_no_autocast_outside_the_region():
     assert ours(*args).dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
         assert ours(*args).dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", so.available_backends("cpu"))
+def test_residual_of_another_dtype_still_checked(backend):
+    """Under autocast a float32 residual is added after the conv, in float32: its shape is still checked, never
+    broadcast."""
+    x, w = torch.randn(2, 12, 4, 4), torch.randn(6, 4, 1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match=r"residual of the output's shape \[N, C_out, H, W\] = \[2, 6, 4, 4\]"):
+            so.pointwise_group_conv(x, w, None, 3, residual=torch.randn(1, 6, 1, 1), backend=backend)
+        with pytest.raises(ValueError, match="residual to be on the same device as x"):
+            so.pointwise_group_conv(x, w, None, 3, residual=torch.randn(2, 6, 4, 4, device="meta"), backend=backend)
+
+
+@pytest.mark.parametrize("model", ["zoo-train", "zoo-eval", "fused"])
+def test_reference_path_under_autocast(model, monkeypatch):
+    """On a device where the depthwise conv and the stem have no compiled kernel (CUDA), their reference path
+    casts as the compiled ops' autocast kernels do: the zoo's float32 weights meet activations already in the
+    autocast dtype."""
+    import shufflenet_ops.functional as functional
+
+    monkeypatch.setattr(functional, "_DEPTHWISE_NATIVE_DEVICES", frozenset())
+    monkeypatch.setattr(functional, "_STEM_NATIVE_DEVICES", frozenset())
+    if model == "fused":
+        test_fused_model_under_autocast("cpu", torch.bfloat16)
+    else:
+        test_zoo_under_autocast(model.removeprefix("zoo-"), "cpu", torch.bfloat16)
