@@ -194,14 +194,36 @@ def test_only_requested_gradients_are_computed():
     assert x.grad is None and weight.grad is not None and b.grad is not None
 
 
-def test_grad_weight_is_deterministic():
-    x, weight, _ = conv_inputs(4, 96, 96, 28, 28, 8, torch.float32, bias=False)
-    grads = []
-    for _ in range(3):
-        weight.grad = None
-        so.pointwise_group_conv(x, weight, None, 8, output_shuffle=8).square().sum().backward()
-        grads.append(weight.grad.clone())
-    assert all(torch.equal(grads[0], g) for g in grads[1:])
+def _reduced_gradients(channels_last):
+    """The gradients the library's CPU kernels reduce over pixels, the pointwise
+    conv's weight and bias, at a size the kernels split. (The depthwise conv's
+    and the stem's come from ATen's convolution backward, whose oneDNN reduction
+    depends on the thread count.)"""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 96, 28, 28, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(96, 12, 1, 1, generator=gen), torch.randn(96, generator=gen)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = so.pointwise_group_conv(x, w, b, 8, output_shuffle=8, relu=True)
+    return torch.autograd.grad(y.square().sum(), (w, b))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_reductions_are_deterministic(channels_last):
+    """Bit for bit the same gradients on every run and at every thread count: the
+    summation order depends on the problem's shape alone."""
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for count in (1, 2, 3, 1, 2):
+            torch.set_num_threads(count)
+            runs.append(_reduced_gradients(channels_last))
+    finally:
+        torch.set_num_threads(threads)
+    for run, count in zip(runs[1:], (2, 3, 1, 2)):
+        for name, g, g_first in zip(["weight", "bias"], run, runs[0]):
+            assert torch.equal(g, g_first), f"{name} gradient with {count} threads differs from 1 thread's"
 
 
 @pytest.mark.parametrize("backend", ["reference", "native", "auto"])

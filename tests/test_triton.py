@@ -91,6 +91,26 @@ def test_strided_input_is_read_correctly(channels_last):
     check_conv(CASES["g3-both-shuffles"], torch.float32, channels_last, make_input=lambda x: x[:, :, ::2, 1:])
 
 
+@pytest.mark.parametrize("pixels", [1, 255, 256, 257, 4096, 100_003, 3 * 2**20])
+@pytest.mark.parametrize("tiles", [1, 3, 64, 600])
+def test_reduction_split_depends_on_the_shape_alone(pixels, tiles, monkeypatch):
+    """The weight and bias gradients sum per-split partials in a fixed order; the
+    split, and so every bit of the result, must be the same on every card."""
+    from shufflenet_ops.triton._launch import reduction_splits
+
+    class Properties:
+        def __init__(self, multiprocessors):
+            self.multi_processor_count = multiprocessors
+
+    results = set()
+    for multiprocessors in (108, 132):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *_, m=multiprocessors: Properties(m))
+        results.add(reduction_splits(pixels, tiles))
+    assert len(results) == 1
+    (splits, chunk), = results
+    assert chunk % 256 == 0 and (splits - 1) * chunk < pixels <= splits * chunk, "the splits cover the pixels once"
+
+
 def test_weight_gradient_is_deterministic():
     n, c_in, c_out, h, w, groups, input_shuffle, output_shuffle, _, _ = CASES["many-pixels"]
     x, weight, _ = conv_inputs(n, c_in, c_out, h, w, groups, torch.float32, bias=False, device=DEVICE)

@@ -80,16 +80,20 @@ def device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def reduction_splits(pixels: int, tiles: int, device: torch.device) -> tuple[int, int]:
+# Programs a split reduction aims for: four per multiprocessor of an H100/H200
+# (132), more than enough for an A100 (108). A constant, not the device's count:
+# the summation order, and with it every bit of the result, then depends on the
+# problem's shape alone, the same on every card.
+REDUCTION_PROGRAMS = 4 * 132
+
+
+def reduction_splits(pixels: int, tiles: int) -> tuple[int, int]:
     """(splits, pixels per split) for a reduction over pixels: enough programs
-    to fill the device, each split written to its own slot of a workspace that
-    is summed afterwards, so the result does not depend on scheduling."""
-    if device.type == "cuda":
-        target_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target_programs = 8
+    to fill a GPU, each split written to its own slot of a workspace that is
+    summed afterwards in a fixed order, so the result depends on the shape of
+    the problem alone, not on scheduling or the card."""
     granule = 256  # a multiple of every BLOCK_P, so splits start on block boundaries
-    splits = max(1, min(triton.cdiv(pixels, granule), triton.cdiv(target_programs, max(tiles, 1))))
+    splits = max(1, min(triton.cdiv(pixels, granule), triton.cdiv(REDUCTION_PROGRAMS, max(tiles, 1))))
     chunk = triton.cdiv(triton.cdiv(pixels, splits), granule) * granule
     return triton.cdiv(pixels, chunk), chunk
 

@@ -322,7 +322,7 @@ def pointwise_group_conv_grad_weight(grad_out, x, groups, input_shuffle, output_
     if pixels == 0 or grad_out.numel() == 0 or x.numel() == 0:
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
     tiles = groups * triton.cdiv(out_per_group, 64) * triton.cdiv(in_per_group, 64)
-    splits, chunk = reduction_splits(pixels, tiles, x.device)
+    splits, chunk = reduction_splits(pixels, tiles)
     partial = torch.empty((splits, out_channels, in_per_group), dtype=torch.float32, device=x.device)
 
     def grid(meta):
@@ -374,7 +374,7 @@ def pointwise_group_conv_grad_bias(grad_out, output_shuffle):
     if pixels == 0 or channels == 0:
         return torch.zeros((channels,), dtype=grad_out.dtype, device=grad_out.device)
     block_c = 64
-    splits, chunk = reduction_splits(pixels, triton.cdiv(channels, block_c), grad_out.device)
+    splits, chunk = reduction_splits(pixels, triton.cdiv(channels, block_c))
     partial = torch.empty((splits, channels), dtype=torch.float32, device=grad_out.device)
     with device_guard(grad_out):
         _grad_bias_kernel[(triton.cdiv(channels, block_c), splits)](
