@@ -8,16 +8,16 @@ the same checks twice on every call."""
 import torch
 
 
-def shuffle_groups(value, name: str) -> int:
+def shuffle_groups(value, name: str, op: str) -> int:
     """A shuffle argument as the ops take it: None means 1, i.e. no shuffle."""
     if value is None:
         return 1
-    return _integer(value, name)
+    return _integer(value, name, op)
 
 
-def _integer(value, name: str) -> int:
+def _integer(value, name: str, op: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
+        raise TypeError(f"{op}: expected {name} to be an int, got {type(value).__name__}")
     return value
 
 
@@ -44,7 +44,7 @@ def _matches(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: s
 
 
 def _divides(groups, name: str, what: str, channels: int, op: str) -> None:
-    groups = _integer(groups, name)
+    groups = _integer(groups, name, op)
     if groups <= 0:
         raise ValueError(f"{op}: expected {name} to be a positive integer, got {groups}")
     if channels % groups != 0:
@@ -76,7 +76,7 @@ def _shuffles(op: str, in_channels, out_channels, groups, input_shuffle, output_
 
 
 def check_argument_types(op: str, *, tensors: dict, optional_tensors: dict | None = None,
-                         integers: dict | None = None) -> None:
+                         integers: dict | None = None, strings: dict | None = None) -> None:
     """What a public function checks itself before a backend takes over: the
     Python types, which a registered op's schema would otherwise reject with a
     generic message (and a bool would pass as an int)."""
@@ -86,7 +86,10 @@ def check_argument_types(op: str, *, tensors: dict, optional_tensors: dict | Non
         if t is not None:
             _tensor(t, name, op)
     for name, value in (integers or {}).items():
-        _integer(value, name)
+        _integer(value, name, op)
+    for name, value in (strings or {}).items():
+        if not isinstance(value, str):
+            raise TypeError(f"{op}: expected {name} to be a str, got {type(value).__name__}")
 
 
 def _bias(bias, x: torch.Tensor, channels: int, shape: str, op: str) -> None:
@@ -131,7 +134,7 @@ def check_grad_input(grad_out, weight, groups, input_shuffle, output_shuffle) ->
     _activation(grad_out, "grad_out", op)
     _matches(weight, "weight", grad_out, "grad_out", op)
     _weight(weight, op)
-    groups = _integer(groups, "groups")
+    groups = _integer(groups, "groups", op)
     if groups <= 0:
         raise ValueError(f"{op}: expected groups to be a positive integer, got {groups}")
     _shuffles(op, weight.shape[1] * groups, weight.shape[0], groups, input_shuffle, output_shuffle)
@@ -168,7 +171,7 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
     channels = x.shape[1]
     if tuple(weight.shape) != (channels, 1, 3, 3):
         raise ValueError(f"{op}: expected weight of shape [C, 1, 3, 3] = [{channels}, 1, 3, 3], got {list(weight.shape)}")
-    stride = _integer(stride, "stride")
+    stride = _integer(stride, "stride", op)
     if stride not in (1, 2):
         raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
     _bias(bias, x, channels, "[C]", op)
@@ -177,7 +180,7 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
 def check_pool3x3(x, stride) -> None:
     op = "pool3x3"
     _activation(x, "x", op)
-    stride = _integer(stride, "stride")
+    stride = _integer(stride, "stride", op)
     if stride not in (1, 2):
         raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
 
@@ -200,3 +203,4 @@ def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> Non
         names = ", ".join(str(d).removeprefix("torch.") for d in supported)
         raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}; "
                         "convert the tensors to one of these dtypes")
+
