@@ -8,16 +8,16 @@ the same checks twice on every call."""
 import torch
 
 
-def shuffle_groups(value, name: str) -> int:
+def shuffle_groups(value, name: str, op: str) -> int:
     """A shuffle argument as the ops take it: None means 1, i.e. no shuffle."""
     if value is None:
         return 1
-    return _integer(value, name)
+    return _integer(value, name, op)
 
 
-def _integer(value, name: str) -> int:
+def _integer(value, name: str, op: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
+        raise TypeError(f"{op}: expected {name} to be an int, got {type(value).__name__}")
     return value
 
 
@@ -44,7 +44,7 @@ def _matches(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: s
 
 
 def _divides(groups, name: str, what: str, channels: int, op: str) -> None:
-    groups = _integer(groups, name)
+    groups = _integer(groups, name, op)
     if groups <= 0:
         raise ValueError(f"{op}: expected {name} to be a positive integer, got {groups}")
     if channels % groups != 0:
@@ -76,7 +76,7 @@ def _shuffles(op: str, in_channels, out_channels, groups, input_shuffle, output_
 
 
 def check_argument_types(op: str, *, tensors: dict, optional_tensors: dict | None = None,
-                         integers: dict | None = None) -> None:
+                         integers: dict | None = None, strings: dict | None = None) -> None:
     """What a public function checks itself before a backend takes over: the
     Python types, which a registered op's schema would otherwise reject with a
     generic message (and a bool would pass as an int)."""
@@ -86,7 +86,10 @@ def check_argument_types(op: str, *, tensors: dict, optional_tensors: dict | Non
         if t is not None:
             _tensor(t, name, op)
     for name, value in (integers or {}).items():
-        _integer(value, name)
+        _integer(value, name, op)
+    for name, value in (strings or {}).items():
+        if not isinstance(value, str):
+            raise TypeError(f"{op}: expected {name} to be a str, got {type(value).__name__}")
 
 
 def _bias(bias, x: torch.Tensor, channels: int, shape: str, op: str) -> None:
@@ -131,7 +134,7 @@ def check_grad_input(grad_out, weight, groups, input_shuffle, output_shuffle) ->
     _activation(grad_out, "grad_out", op)
     _matches(weight, "weight", grad_out, "grad_out", op)
     _weight(weight, op)
-    groups = _integer(groups, "groups")
+    groups = _integer(groups, "groups", op)
     if groups <= 0:
         raise ValueError(f"{op}: expected groups to be a positive integer, got {groups}")
     _shuffles(op, weight.shape[1] * groups, weight.shape[0], groups, input_shuffle, output_shuffle)
@@ -168,7 +171,7 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
     channels = x.shape[1]
     if tuple(weight.shape) != (channels, 1, 3, 3):
         raise ValueError(f"{op}: expected weight of shape [C, 1, 3, 3] = [{channels}, 1, 3, 3], got {list(weight.shape)}")
-    stride = _integer(stride, "stride")
+    stride = _integer(stride, "stride", op)
     if stride not in (1, 2):
         raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
     _bias(bias, x, channels, "[C]", op)
@@ -177,7 +180,7 @@ def check_depthwise_conv3x3(x, weight, bias, stride) -> None:
 def check_pool3x3(x, stride) -> None:
     op = "pool3x3"
     _activation(x, "x", op)
-    stride = _integer(stride, "stride")
+    stride = _integer(stride, "stride", op)
     if stride not in (1, 2):
         raise ValueError(f"{op}: expected stride to be 1 or 2, got {stride}")
 
@@ -200,3 +203,61 @@ def check_dtype_supported(t: torch.Tensor, name: str, op: str, supported) -> Non
         names = ", ".join(str(d).removeprefix("torch.") for d in supported)
         raise TypeError(f"{op}: this backend supports dtypes {{{names}}}, got {name} of {t.dtype}; "
                         "convert the tensors to one of these dtypes")
+
+
+def check_shufflenet_config(model: str, groups, width_mult, num_classes=None, *, allowed_groups: tuple,
+                            width_range: tuple) -> None:
+    """A ShuffleNet's construction arguments: ``groups`` one of ``allowed_groups``, ``width_mult``
+    within ``width_range`` (both ends included), ``num_classes`` (where given) positive."""
+    groups = _integer(groups, "groups", model)
+    if groups not in allowed_groups:
+        raise ValueError(f"{model}: expected groups in {{{', '.join(map(str, allowed_groups))}}}, got {groups}")
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
+        raise TypeError(f"{model}: expected width_mult to be a number, got {type(width_mult).__name__}")
+    low, high = width_range
+    if not low <= width_mult <= high:  # NaN too
+        raise ValueError(f"{model}: expected width_mult from {low} to {high}, got {width_mult}")
+    if num_classes is not None and _integer(num_classes, "num_classes", model) <= 0:
+        raise ValueError(f"{model}: expected num_classes to be a positive integer, got {num_classes}")
+
+
+def check_model_input(x, model: str, stem_weight: torch.Tensor, *, training: bool, downsampling: int) -> None:
+    """A network's input against what the network expects: a 4-D batch of images with the
+    channels, dtype and device of its stem convolution ``stem_weight``, each image at least one
+    pixel high and wide. In training, the last stage (``downsampling`` times smaller, rounded up)
+    must keep more than one value per channel for its BatchNorms' batch statistics. One check at
+    the network's entry, so that a mistake is told in the user's terms, not those of an op deep
+    inside."""
+    channels = stem_weight.shape[1]
+    expected = f"[N, {channels}, H, W]"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{model}: expected the input to be a torch.Tensor {expected}, got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = " (one image? add the batch dimension: x.unsqueeze(0))" if x.dim() == 3 else ""
+        raise ValueError(f"{model}: expected a 4-D input {expected}, got a {x.dim()}-D tensor of shape "
+                         f"{list(x.shape)}{hint}")
+    if x.shape[1] != channels:
+        hint = " (channels last? x.permute(0, 3, 1, 2))" if x.shape[3] == channels else ""
+        raise ValueError(f"{model}: expected an input of {channels} channels {expected}, got {list(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"{model}: expected a floating-point input (the model's dtype is {stem_weight.dtype}), got "
+                        f"{x.dtype}; convert it (x.to({stem_weight.dtype}))")
+    if x.dtype != stem_weight.dtype:
+        autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
+        if not autocast:  # autocast casts the input for the convolutions
+            raise TypeError(
+                f"{model}: the model's parameters are {stem_weight.dtype} but the input is {x.dtype}; convert the "
+                f"input (x.to({stem_weight.dtype})) or the model (model.to({x.dtype})), or call the model under "
+                f"torch.autocast")
+    if x.device != stem_weight.device:
+        raise ValueError(f"{model}: the model is on {stem_weight.device} but the input on {x.device}; move the "
+                         f"input (x.to('{stem_weight.device}')) or the model (model.to('{x.device}'))")
+    height, width = x.shape[2], x.shape[3]
+    if height == 0 or width == 0:
+        raise ValueError(f"{model}: expected images at least 1 pixel high and wide, got an input of {list(x.shape)}")
+    if training and x.shape[0] * -(-height // downsampling) * -(-width // downsampling) == 1:
+        raise ValueError(
+            f"{model}: in train mode the BatchNorms normalize with the batch's statistics, which needs more than "
+            f"one value per channel, but an input of {list(x.shape)} leaves 1 pixel of 1 image in the last stage; "
+            f"train on batches of 2 or more images or on images larger than {downsampling}x{downsampling}, or "
+            f"call model.eval() for inference")

@@ -50,8 +50,6 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 
 
 def select(name: str, device: torch.device) -> Backend:
-    if not isinstance(name, str):
-        raise TypeError(f"expected backend to be a str, got {type(name).__name__}")
     if name == "auto":
         backend = _auto.get(device.type)
         if backend is None:

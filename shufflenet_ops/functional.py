@@ -22,7 +22,8 @@ def channel_shuffle(x: torch.Tensor, groups: int, *, backend: str = "auto") -> t
     The inverse shuffle, which views them as (C // groups, groups), is
     ``channel_shuffle(x, C // groups)``.
     """
-    check.check_argument_types("channel_shuffle", tensors={"x": x}, integers={"groups": groups})
+    check.check_argument_types("channel_shuffle", tensors={"x": x}, integers={"groups": groups},
+                               strings={"backend": backend})
     return backends.select(backend, x.device).channel_shuffle(x, groups)
 
 
@@ -49,11 +50,13 @@ def pointwise_group_conv(
     [C_out, C_in / groups, 1, 1] or [C_out, C_in / groups]. The output has x's
     memory format (NCHW or channels_last).
     """
-    input_shuffle = check.shuffle_groups(input_shuffle, "input_shuffle")
-    output_shuffle = check.shuffle_groups(output_shuffle, "output_shuffle")
+    op = "pointwise_group_conv"
+    input_shuffle = check.shuffle_groups(input_shuffle, "input_shuffle", op)
+    output_shuffle = check.shuffle_groups(output_shuffle, "output_shuffle", op)
     # shuffle_groups has checked the shuffles' types.
-    check.check_argument_types("pointwise_group_conv", tensors={"x": x, "weight": weight},
-                               optional_tensors={"bias": bias, "residual": residual}, integers={"groups": groups})
+    check.check_argument_types(op, tensors={"x": x, "weight": weight},
+                               optional_tensors={"bias": bias, "residual": residual}, integers={"groups": groups},
+                               strings={"backend": backend})
     return backends.select(backend, x.device).pointwise_group_conv(
         x, weight, bias, groups, input_shuffle, output_shuffle, bool(relu), residual
     )
@@ -90,7 +93,7 @@ def max_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     makes its output NaN. The output has x's memory format (NCHW or
     channels_last). Runs the native kernel where one is registered for x's
     device, the reference elsewhere."""
-    return _pool3x3(x, stride, average=False)
+    return _pool3x3("max_pool3x3", x, stride, average=False)
 
 
 def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
@@ -98,11 +101,11 @@ def avg_pool3x3(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     ``F.avg_pool2d(x, 3, stride, 1)``: the window sum over 9, padding counted as
     zero. The output has x's memory format (NCHW or channels_last). Runs the
     native kernel where one is registered for x's device, the reference elsewhere."""
-    return _pool3x3(x, stride, average=True)
+    return _pool3x3("avg_pool3x3", x, stride, average=True)
 
 
-def _pool3x3(x, stride, average: bool):
-    check.check_argument_types("pool3x3", tensors={"x": x}, integers={"stride": stride})
+def _pool3x3(op: str, x, stride, average: bool):
+    check.check_argument_types(op, tensors={"x": x}, integers={"stride": stride})
     if x.device.type in _POOL_NATIVE_DEVICES:
         return _POOL_OP(x, stride, average)
     check.check_pool3x3(x, stride)
@@ -193,8 +196,9 @@ def registered_op_call(function: Callable, args: tuple, kwargs: dict, device: to
         op, op_args = backends.select("auto", device).channel_shuffle, (a["x"], a["groups"])
     elif function is pointwise_group_conv:
         op = backends.select("auto", device).pointwise_group_conv
-        op_args = (a["x"], a["weight"], a["bias"], a["groups"], check.shuffle_groups(a["input_shuffle"], "input_shuffle"),
-                   check.shuffle_groups(a["output_shuffle"], "output_shuffle"), bool(a["relu"]), a["residual"])
+        shuffles = (check.shuffle_groups(a[name], name, "pointwise_group_conv")
+                    for name in ("input_shuffle", "output_shuffle"))
+        op_args = (a["x"], a["weight"], a["bias"], a["groups"], *shuffles, bool(a["relu"]), a["residual"])
     elif function is depthwise_conv3x3 and device.type in _DEPTHWISE_NATIVE_DEVICES:
         op, op_args = _DEPTHWISE_OP, (a["x"], a["weight"], a["bias"], a["stride"], bool(a["relu"]))
     elif function in (max_pool3x3, avg_pool3x3) and device.type in _POOL_NATIVE_DEVICES:

@@ -1,16 +1,17 @@
 """The ShuffleNet v1 networks of the paper (Zhang et al., CVPR 2018, Table 1),
 built on the fused ops.
 
-Every channel shuffle runs inside a pointwise group convolution: the shuffle
-that follows a unit's first 1x1 group conv is that conv's ``output_shuffle``.
-The paper applies the shuffle after the conv's BatchNorm and ReLU; both act per
-channel, so applying them after the shuffle instead computes the same function
-with the BatchNorm's parameters stored in shuffled channel order.
+The modules are named and ordered as in the stock twin,
+``shufflenet_v1_unfused``, and every BatchNorm keeps its conv's channel order,
+so the two share one state_dict: a checkpoint of either loads into the other
+(``ShuffleNetV1`` also converts the state_dict layout of earlier versions, see
+:meth:`ShuffleNetV1._load_from_state_dict`).
 
-In training mode the BatchNorms normalize with batch statistics. In eval mode
-each BatchNorm is folded into the conv before it and the ReLUs, and a unit's
-residual add, run inside the fused convs; the stem's conv, ReLU and max pool run
-as one op.
+In training mode the BatchNorms normalize with batch statistics, and a unit's
+channel shuffle runs after its first BatchNorm and ReLU, as in the paper. In
+eval mode each BatchNorm is folded into the conv before it, and the ReLUs, the
+shuffle (the output shuffle of the first 1x1 conv) and a unit's residual add run
+inside the fused convs; the stem's conv, ReLU and max pool run as one op.
 
 The folding is computed from the current tensors at every eval call, never
 cached: whatever changed a weight or a running statistic (an optimizer step,
@@ -35,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import reference
-from .functional import depthwise_conv3x3, pointwise_group_conv, stem_conv3x3_maxpool
+from . import _validation as check
+from .functional import channel_shuffle, depthwise_conv3x3, pointwise_group_conv, stem_conv3x3_maxpool
 from .nn import PointwiseGroupConv2d
 
 __all__ = [
+    "FoldingSequential",
     "ShuffleNetV1",
-    "ShuffleStage",
     "ShuffleUnit",
     "UnfusedShuffleNetV1",
     "shufflenet_v1",
@@ -54,7 +55,11 @@ STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 STEM_CHANNELS = 24
 MIN_STEM_CHANNELS = 12
 STAGE_REPEATS = (4, 8, 4)
+# The paper's widths; any width between the smallest and the largest is built.
 WIDTH_MULTIPLIERS = (0.25, 0.5, 1.0, 1.5, 2.0)
+WIDTH_RANGE = (WIDTH_MULTIPLIERS[0], WIDTH_MULTIPLIERS[-1])
+# Stem conv, max pool and the three stages each halve the image.
+DOWNSAMPLING = 32
 
 
 def _round_to_multiple(value: float, multiple: int) -> int:
@@ -70,12 +75,19 @@ def shufflenet_v1_channels(groups: int, width_mult: float) -> tuple[int, tuple[i
     for the stages, so that every unit's bottleneck (a quarter of its output) and
     every grouped conv's channels divide by ``groups``. At 1x the counts are
     Table 1's exactly: stem 24, Stage 2 144 / 200 / 240 / 272 / 384 for
-    g = 1 / 2 / 3 / 4 / 8, doubling per stage.
+    g = 1 / 2 / 3 / 4 / 8, doubling per stage. ``width_mult`` ranges from 0.25
+    to 2, the paper's smallest and largest width.
     """
-    if groups not in STAGE2_CHANNELS:
-        raise ValueError(f"shufflenet_v1: expected groups in {sorted(STAGE2_CHANNELS)}, got {groups}")
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
-        raise ValueError(f"shufflenet_v1: expected width_mult to be a positive number, got {width_mult!r}")
+    _check_config("shufflenet_v1_channels", groups, width_mult)
+    return _channels(groups, width_mult)
+
+
+def _check_config(model: str, groups, width_mult, num_classes=None) -> None:
+    check.check_shufflenet_config(model, groups, width_mult, num_classes, allowed_groups=tuple(STAGE2_CHANNELS),
+                                  width_range=WIDTH_RANGE)
+
+
+def _channels(groups: int, width_mult: float) -> tuple[int, tuple[int, int, int]]:
     stem = _round_to_multiple(max(MIN_STEM_CHANNELS, STEM_CHANNELS * width_mult), groups)
     stages = tuple(
         _round_to_multiple(STAGE2_CHANNELS[groups] * 2**i * width_mult, 4 * groups) for i in range(3)
@@ -84,10 +96,8 @@ def shufflenet_v1_channels(groups: int, width_mult: float) -> tuple[int, tuple[i
 
 
 def _fold_batch_norms(layers, owner: nn.Module | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, bias) of each ``(conv weight, bn, output_shuffle)`` of ``layers``: a bias-free
-    conv followed by ``bn`` in eval mode, as one conv. With ``output_shuffle``, ``bn``
-    normalizes the conv's shuffled output: its channel c belongs to the conv's channel that
-    the shuffle sends to c.
+    """(weight, bias) of each ``(conv weight, bn)`` of ``layers``: a bias-free conv followed by
+    ``bn`` in eval mode, as one conv.
 
     Computed from the current tensors at every call. No cache can tell exactly when to
     refold: fused and foreach optimizers update parameters in place without bumping their
@@ -96,11 +106,11 @@ def _fold_batch_norms(layers, owner: nn.Module | None = None) -> list[tuple[torc
     concatenation of every per-channel vector, a few ops on it, and one pass over the conv
     weights, most of the cost. Without autograd the folded weights are written into storage
     kept for ``owner`` (see :func:`_scaled_weights`)."""
-    statistics = [_batch_norm_tensors(bn) for _, bn, _ in layers]
+    statistics = [_batch_norm_tensors(bn) for _, bn in layers]
     if torch.compiler.is_compiling() or not layers or any(t is None for ts in statistics for t in ts):
         # A traced graph gets one plain computation per BatchNorm, which so.fuse folds into
         # constants and a compiler fuses anyway; a BatchNorm without affine parameters too.
-        return [_fold_batch_norm(weight, bn, shuffle) for weight, bn, shuffle in layers]
+        return [_fold_batch_norm(weight, bn) for weight, bn in layers]
     if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         return _fold_stacked(layers, statistics, owner)
     # Under no_grad the folded tensors live for this call only and nothing records them:
@@ -110,17 +120,15 @@ def _fold_batch_norms(layers, owner: nn.Module | None = None) -> list[tuple[torc
 
 
 def _fold_stacked(layers, statistics, owner) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    weights, bns, shuffles = zip(*layers)
+    weights, bns = zip(*layers)
     sizes = tuple(ts[0].shape[0] for ts in statistics)
     # Rows: running_var, weight, bias, running_mean, each the layers' vectors end to end.
     stacked = torch.cat([ts[row] for row in range(4) for ts in statistics]).view(4, -1)
-    if any(s not in (None, 1) for s in shuffles):  # each BatchNorm channel to its conv channel
-        stacked = stacked.index_select(1, _conv_channel_order(sizes, shuffles, stacked.device))
     variance, gamma, beta, mean = stacked.unbind()
     epsilons = tuple(bn.eps for bn in bns)
     if len(set(epsilons)) == 1:
         variance = variance + epsilons[0]
-    else:  # one value per layer, so the same in either channel order
+    else:
         variance = variance + _per_channel_constant(epsilons, sizes, variance.device, variance.dtype)
     scale = variance.rsqrt() * gamma
     bias = torch.addcmul(beta, mean, scale, value=-1)
@@ -185,28 +193,12 @@ def _batch_norm_tensors(bn: nn.BatchNorm2d) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _conv_channel_order(sizes: tuple, shuffles: tuple, device: torch.device) -> torch.Tensor:
-    """Index into the layers' BatchNorm channels, end to end, giving each conv output channel
-    its BatchNorm channel: the inverse of each layer's output shuffle (the shuffle by
-    channels / g). It depends on the channel counts and shuffles alone."""
-    with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode too
-        parts, offset = [], 0
-        for channels, shuffle in zip(sizes, shuffles):
-            index = torch.arange(offset, offset + channels, device=device)
-            if shuffle not in (None, 1):
-                index = reference.channel_shuffle(index.view(1, channels, 1), channels // shuffle).view(channels)
-            parts.append(index)
-            offset += channels
-        return torch.cat(parts)
-
-
-@functools.lru_cache(maxsize=64)
 def _per_channel_constant(values: tuple, sizes: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():
         return torch.cat([torch.full((n,), v, device=device, dtype=dtype) for v, n in zip(values, sizes)])
 
 
-def _fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d, output_shuffle: int | None = None):
+def _fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d):
     """(weight, bias) of one conv and BatchNorm; see :func:`_fold_batch_norms`."""
     if bn.running_var is None:
         raise ValueError(
@@ -219,21 +211,15 @@ def _fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d, output_shuffle: i
     bias = -bn.running_mean * scale
     if bn.bias is not None:
         bias = bias + bn.bias
-    if output_shuffle not in (None, 1):
-        channels = scale.shape[0]
-        # The inverse of a shuffle by g is the shuffle by channels / g.
-        scale, bias = (
-            reference.channel_shuffle(t.view(1, channels, 1), channels // output_shuffle).view(channels)
-            for t in (scale, bias)
-        )
     return weight * scale.view(-1, *[1] * (weight.dim() - 1)), bias
 
 
 class ShuffleUnit(nn.Module):
-    """The ShuffleNet unit (paper, Fig. 2 b/c): 1x1 GConv -> BN -> ReLU -> shuffle ->
-    3x3 depthwise conv (stride 1 or 2) -> BN -> 1x1 GConv -> BN, then ReLU of the
-    sum with the input (stride 1) or of the concat with a 3x3 average pool of the
-    input (stride 2). ``first_grouped=False`` makes the first 1x1 conv dense."""
+    """The ShuffleNet unit (paper, Fig. 2 b/c): 1x1 GConv (``conv1``) -> BN -> ReLU ->
+    shuffle -> 3x3 depthwise conv (``dw``, stride 1 or 2) -> BN -> 1x1 GConv (``conv2``)
+    -> BN, then ReLU of the sum with the input (stride 1) or of the concat with a 3x3
+    average pool of the input (stride 2). ``first_grouped=False`` makes the first 1x1
+    conv dense. The modules and their parameters are those of ``UnfusedShuffleUnit``."""
 
     def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int, first_grouped: bool = True):
         super().__init__()
@@ -248,46 +234,42 @@ class ShuffleUnit(nn.Module):
         branch_channels = out_channels - in_channels if stride == 2 else out_channels
         self.stride = stride
         self.groups = groups
-        shuffle = groups if groups > 1 else None
-        self.compress = PointwiseGroupConv2d(
-            in_channels, bottleneck, groups=groups if first_grouped else 1, bias=False, output_shuffle=shuffle
-        )
-        self.compress_bn = nn.BatchNorm2d(bottleneck)
-        self.depthwise = nn.Conv2d(bottleneck, bottleneck, 3, stride, 1, groups=bottleneck, bias=False)
-        self.depthwise_bn = nn.BatchNorm2d(bottleneck)
-        self.expand = PointwiseGroupConv2d(bottleneck, branch_channels, groups=groups, bias=False)
-        self.expand_bn = nn.BatchNorm2d(branch_channels)
+        self.conv1 = PointwiseGroupConv2d(in_channels, bottleneck, groups=groups if first_grouped else 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(bottleneck)
+        self.dw = nn.Conv2d(bottleneck, bottleneck, 3, stride, 1, groups=bottleneck, bias=False)
+        self.bn2 = nn.BatchNorm2d(bottleneck)
+        self.conv2 = PointwiseGroupConv2d(bottleneck, branch_channels, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(branch_channels)
 
     def _folding(self) -> list | None:
-        """The (conv weight, BatchNorm, output shuffle) of each conv + BatchNorm that eval mode
-        folds; None where a BatchNorm keeps no running statistics: it normalizes with the batch
-        even in eval, so there is no fixed function to fold."""
+        """The (conv weight, BatchNorm) of each conv + BatchNorm that eval mode folds; None where
+        a BatchNorm keeps no running statistics: it normalizes with the batch even in eval, so
+        there is no fixed function to fold."""
         if type(self) is ShuffleUnit:  # the module dicts directly: nothing can override them here
             modules = self._modules
-            compress, depthwise, expand = modules["compress"], modules["depthwise"], modules["expand"]
-            bns = modules["compress_bn"], modules["depthwise_bn"], modules["expand_bn"]
+            convs = modules["conv1"], modules["dw"], modules["conv2"]
+            bns = modules["bn1"], modules["bn2"], modules["bn3"]
         else:
-            compress, depthwise, expand = self.compress, self.depthwise, self.expand
-            bns = self.compress_bn, self.depthwise_bn, self.expand_bn
+            convs = self.conv1, self.dw, self.conv2
+            bns = self.bn1, self.bn2, self.bn3
         if not all(bn.track_running_stats for bn in bns):
             return None
-        return [(_conv_weight(compress), bns[0], compress.output_shuffle), (_conv_weight(depthwise), bns[1], None),
-                (_conv_weight(expand), bns[2], None)]
+        return [(_conv_weight(conv), bn) for conv, bn in zip(convs, bns)]
 
     def _unfolded(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.compress_bn(self.compress(x)))
-        y = self.depthwise_bn(self.depthwise(y))
-        return self.expand_bn(self.expand(y))
+        y = F.relu(self.bn1(self.conv1(x)))
+        if self.groups > 1:  # behind the BatchNorm, which normalizes the conv's own channel order
+            y = channel_shuffle(y, self.groups)
+        y = self.bn2(self.dw(y))
+        return self.bn3(self.conv2(y))
 
     def _folded(self, x: torch.Tensor, folded: list, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The branch on the folded (weight, bias) pairs, ReLU-ed, plus ``residual`` (before the ReLU)."""
-        compress, expand = self.compress, self.expand
-        (compress_weight, compress_bias), (depthwise_weight, depthwise_bias), (expand_weight, expand_bias) = folded
-        y = pointwise_group_conv(
-            x, compress_weight, compress_bias, compress.groups, output_shuffle=compress.output_shuffle, relu=True
-        )
-        y = depthwise_conv3x3(y, depthwise_weight, depthwise_bias, self.stride)
-        return pointwise_group_conv(y, expand_weight, expand_bias, expand.groups, relu=True, residual=residual)
+        (conv1_weight, conv1_bias), (dw_weight, dw_bias), (conv2_weight, conv2_bias) = folded
+        # The BatchNorm and the ReLU act per channel: the shuffle after them is the conv's output shuffle.
+        y = pointwise_group_conv(x, conv1_weight, conv1_bias, self.conv1.groups, output_shuffle=self.groups, relu=True)
+        y = depthwise_conv3x3(y, dw_weight, dw_bias, self.stride)
+        return pointwise_group_conv(y, conv2_weight, conv2_bias, self.conv2.groups, relu=True, residual=residual)
 
     def forward(self, x: torch.Tensor, folded: list | None = None) -> torch.Tensor:
         """``folded``: the eval-mode (weight, bias) pairs of :meth:`_folding`, folded by the caller
@@ -306,9 +288,9 @@ class ShuffleUnit(nn.Module):
         return torch.cat((shortcut, F.relu(self._unfolded(x))), 1)
 
 
-class ShuffleStage(nn.Sequential):
-    """A stage's units, in order: an ``nn.Sequential`` that also passes each ``ShuffleUnit`` its
-    folded BatchNorms in eval mode."""
+class FoldingSequential(nn.Sequential):
+    """An ``nn.Sequential`` of units that in eval mode passes each ``ShuffleUnit`` its folded
+    BatchNorms."""
 
     def forward(self, x: torch.Tensor, folded: dict | None = None) -> torch.Tensor:
         """``folded``: unit -> its folded (weight, bias) pairs; a unit not in it folds its own."""
@@ -322,49 +304,85 @@ class ShuffleNetV1(nn.Module):
 
     def __init__(self, groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000):
         super().__init__()
-        stem, stages = shufflenet_v1_channels(groups, width_mult)
+        _check_config("shufflenet_v1", groups, width_mult, num_classes)
+        stem, stages = _channels(groups, width_mult)
         self.groups = groups
         self.width_mult = width_mult
-        self.conv1 = nn.Conv2d(3, stem, 3, 2, 1, bias=False)
-        self.conv1_bn = nn.BatchNorm2d(stem)
-        in_channels = stem
+        # Conv1: the stem conv, its BatchNorm and ReLU (the max pool has no state).
+        self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(True))
+        units, in_channels = [], stem
         for index, (repeats, out_channels) in enumerate(zip(STAGE_REPEATS, stages)):
-            units = [ShuffleUnit(in_channels, out_channels, groups, 2, first_grouped=index > 0)]
+            units.append(ShuffleUnit(in_channels, out_channels, groups, 2, first_grouped=index > 0))
             units += [ShuffleUnit(out_channels, out_channels, groups, 1) for _ in range(repeats - 1)]
-            setattr(self, f"stage{index + 2}", ShuffleStage(*units))
             in_channels = out_channels
+        self.features = FoldingSequential(*units)  # Stages 2, 3 and 4
         self.fc = nn.Linear(in_channels, num_classes)
 
     def _fold_all(self):
         """The stem's folded (weight, bias) (None where it is not folded) and unit -> its folded
         pairs, all folded at once from the current tensors."""
-        conv1_bn = self.conv1_bn
-        layers = [(self.conv1.weight, conv1_bn, None)] if conv1_bn.track_running_stats else []
+        stem_conv, stem_bn = self.conv1[0], self.conv1[1]
+        layers = [(_conv_weight(stem_conv), stem_bn)] if stem_bn.track_running_stats else []
         units = []
-        for stage in (self.stage2, self.stage3, self.stage4):
-            if isinstance(stage, ShuffleStage):
-                for unit in stage:
-                    unit_layers = unit._folding() if isinstance(unit, ShuffleUnit) else None
-                    if unit_layers is not None:
-                        units.append(unit)
-                        layers += unit_layers
+        if isinstance(self.features, FoldingSequential):
+            for unit in self.features:
+                unit_layers = unit._folding() if isinstance(unit, ShuffleUnit) else None
+                if unit_layers is not None:
+                    units.append(unit)
+                    layers += unit_layers
         folded = _fold_batch_norms(layers, self)
-        stem = folded.pop(0) if conv1_bn.track_running_stats else None
+        stem = folded.pop(0) if stem_bn.track_running_stats else None
         return stem, {unit: folded[3 * i:3 * i + 3] for i, unit in enumerate(units)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check.check_model_input(x, "shufflenet_v1", _conv_weight(self.conv1[0]), training=self.training,
+                                downsampling=DOWNSAMPLING)
         if self.training:
-            x = F.max_pool2d(F.relu(self.conv1_bn(self.conv1(x))), 3, 2, 1)
-            x = self.stage4(self.stage3(self.stage2(x)))
+            x = self.features(F.max_pool2d(self.conv1(x), 3, 2, 1))
         else:
             stem, folded = self._fold_all()
             if stem is None:
-                x = F.max_pool2d(F.relu(self.conv1_bn(self.conv1(x))), 3, 2, 1)
+                x = F.max_pool2d(self.conv1(x), 3, 2, 1)
             else:  # Conv1 and MaxPool in one pass: the convolution's output is never written
                 x = stem_conv3x3_maxpool(x, *stem)
-            for stage in (self.stage2, self.stage3, self.stage4):
-                x = stage(x, folded) if isinstance(stage, ShuffleStage) else stage(x)
+            features = self.features
+            x = features(x, folded) if isinstance(features, FoldingSequential) else features(x)
         return self.fc(x.mean((2, 3)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also takes the state_dict layout of earlier versions of this class: ``conv1`` and
+        ``conv1_bn`` for the stem, ``stage2`` to ``stage4`` for the units, named ``compress``,
+        ``compress_bn``, ``depthwise``, ``depthwise_bn``, ``expand`` and ``expand_bn``, the
+        first BatchNorm's vectors in the shuffled channel order."""
+        if prefix + "conv1_bn.running_mean" in state_dict or prefix + "conv1_bn.weight" in state_dict:
+            _convert_earlier_layout(state_dict, prefix, self.groups)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+_EARLIER_UNIT_NAMES = {"compress": "conv1", "compress_bn": "bn1", "depthwise": "dw", "depthwise_bn": "bn2",
+                       "expand": "conv2", "expand_bn": "bn3"}
+
+
+def _convert_earlier_layout(state_dict: dict, prefix: str, groups: int) -> None:
+    """Renames, in place, the keys of the earlier layout under ``prefix`` to this one's."""
+    first_unit_of_stage = {f"stage{i + 2}": sum(STAGE_REPEATS[:i]) for i in range(len(STAGE_REPEATS))}
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        head, _, rest = key[len(prefix):].partition(".")
+        value = state_dict[key]
+        if head == "conv1":
+            new = f"conv1.0.{rest}"
+        elif head == "conv1_bn":
+            new = f"conv1.1.{rest}"
+        elif head in first_unit_of_stage:
+            index, module, name = rest.split(".", 2)
+            new = f"features.{first_unit_of_stage[head] + int(index)}.{_EARLIER_UNIT_NAMES[module]}.{name}"
+            if module == "compress_bn" and value.dim() == 1 and groups > 1:
+                # Back to the conv's channel order: the shuffle by channels / groups undoes the one by groups.
+                value = torch.channel_shuffle(value.view(1, -1, 1), value.shape[0] // groups).view(-1)
+        else:
+            continue
+        del state_dict[key]
+        state_dict[prefix + new] = value
 
 
 def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000) -> ShuffleNetV1:
@@ -380,7 +398,14 @@ def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, num_classes: int = 1
     Widths: every channel count is the 1x count times ``width_mult`` rounded to
     the nearest multiple (halves up) of ``groups`` (stem) or ``4 * groups``
     (stages); see :func:`shufflenet_v1_channels`. The paper's widths are
-    0.25, 0.5, 1, 1.5 and 2; other positive values are accepted.
+    0.25, 0.5, 1, 1.5 and 2; any width from 0.25 to 2 is built.
+
+    The state_dict is that of :func:`shufflenet_v1_unfused` with the same
+    arguments (its default shuffle placement): the same keys, shapes and
+    meaning, so a checkpoint of either loads into the other.
+
+    The input is checked once at the entry: a 4-D batch [N, 3, H, W] in the
+    model's dtype (any floating dtype under ``torch.autocast``) and on its device.
     """
     return ShuffleNetV1(groups, width_mult, num_classes)
 
@@ -425,7 +450,8 @@ class UnfusedShuffleNetV1(nn.Module):
 
     def __init__(self, groups=3, width_mult=1.0, num_classes=1000, shuffle_after_depthwise=False):
         super().__init__()
-        stem, stages = shufflenet_v1_channels(groups, width_mult)
+        _check_config("shufflenet_v1_unfused", groups, width_mult, num_classes)
+        stem, stages = _channels(groups, width_mult)
         self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         units, inp = [], stem
@@ -449,5 +475,9 @@ def shufflenet_v1_unfused(groups: int = 3, width_mult: float = 1.0, num_classes:
     ``nn.BatchNorm2d`` and a channel shuffle that reshapes and permutes, placed
     after the first 1x1 conv (the paper) or, with ``shuffle_after_depthwise``,
     after the depthwise conv + BN. It is the unfused baseline that ``so.fuse``,
-    ``FlopCounterMode`` comparisons and the benchmarks start from."""
+    ``FlopCounterMode`` comparisons and the benchmarks start from. With the
+    paper's placement its state_dict is that of :func:`shufflenet_v1` (keys,
+    shapes and meaning): a checkpoint of either loads into the other. With
+    ``shuffle_after_depthwise`` the keys and shapes are the same, but the
+    depthwise conv and its BatchNorm see the channels unshuffled."""
     return UnfusedShuffleNetV1(groups, width_mult, num_classes, shuffle_after_depthwise)

@@ -21,7 +21,7 @@ class ChannelShuffle(nn.Module):
 
     def __init__(self, groups: int) -> None:
         super().__init__()
-        groups = check._integer(groups, "groups")
+        groups = check._integer(groups, "groups", "ChannelShuffle")
         if groups <= 0:
             raise ValueError(f"ChannelShuffle: expected groups to be a positive integer, got {groups}")
         self.groups = groups
@@ -80,7 +80,7 @@ class PointwiseGroupConv2d(nn.Conv2d):
         )
         shuffles = {"input_shuffle": (input_shuffle, in_channels), "output_shuffle": (output_shuffle, out_channels)}
         for name, (value, channels) in shuffles.items():
-            value = check.shuffle_groups(value, name)
+            value = check.shuffle_groups(value, name, "PointwiseGroupConv2d")
             if value <= 0 or channels % value:
                 raise ValueError(
                     f"PointwiseGroupConv2d: expected {name} to be a positive divisor of the "

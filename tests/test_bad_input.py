@@ -95,34 +95,102 @@ def test_floating_dtype_no_cpu_operator_computes_is_named():
         so.pointwise_group_conv(x, w, backend="native")
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,pattern",
-    [
-        (dict(groups=2.0), TypeError, r"groups to be an int, got float"),
-        (dict(groups=True), TypeError, r"groups to be an int, got bool"),
-        (dict(output_shuffle="3"), TypeError, r"output_shuffle to be an int, got str"),
-        (dict(backend=3), TypeError, r"backend to be a str"),
-    ],
-)
-def test_python_argument_types(kwargs, error, pattern):
-    x, w = torch.randn(1, 4, 2, 2), torch.randn(4, 2, 1, 1)
-    kwargs = dict(dict(groups=2), **kwargs)
-    groups = kwargs.pop("groups")
-    with pytest.raises(error, match=pattern):
-        so.pointwise_group_conv(x, w, None, groups, **kwargs)
+def _x():
+    return torch.randn(1, 6, 4, 4)
 
 
-def test_non_tensor_input():
-    with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
-        so.pointwise_group_conv([[1.0]], torch.randn(1, 1))
-    with pytest.raises(TypeError, match=r"weight to be a torch.Tensor"):
-        so.pointwise_group_conv(torch.randn(1, 1, 2, 2), [[1.0]])
-    with pytest.raises(TypeError, match=r"bias to be a torch.Tensor"):
-        so.pointwise_group_conv(torch.randn(1, 1, 2, 2), torch.randn(1, 1), [0.0])
-    with pytest.raises(TypeError, match=r"residual to be a torch.Tensor"):
-        so.pointwise_group_conv(torch.randn(1, 1, 2, 2), torch.randn(1, 1), residual=[[[[0.0]]]])
-    with pytest.raises(TypeError, match=r"x to be a torch.Tensor"):
-        so.channel_shuffle(3.0, 1)
+def _pointwise_weight():
+    return torch.randn(6, 2, 1, 1)
+
+
+def _depthwise_weight():
+    return torch.randn(6, 1, 3, 3)
+
+
+def _stem_weight():
+    return torch.randn(4, 6, 3, 3)
+
+
+# (public op, call with one argument of a wrong Python type, argument, expected, given type)
+TYPE_CASES = {
+    "channel_shuffle-x": (so.channel_shuffle, lambda: so.channel_shuffle(3.0, 1), "x", "a torch.Tensor", "float"),
+    "channel_shuffle-groups-float": (so.channel_shuffle, lambda: so.channel_shuffle(_x(), 2.0), "groups", "an int",
+                                     "float"),
+    "channel_shuffle-groups-bool": (so.channel_shuffle, lambda: so.channel_shuffle(_x(), True), "groups", "an int",
+                                    "bool"),
+    "channel_shuffle-groups-str": (so.channel_shuffle, lambda: so.channel_shuffle(_x(), "2"), "groups", "an int", "str"),
+    "channel_shuffle-backend": (so.channel_shuffle, lambda: so.channel_shuffle(_x(), 2, backend=3), "backend", "a str",
+                                "int"),
+    "pointwise_group_conv-x": (so.pointwise_group_conv, lambda: so.pointwise_group_conv([[1.0]], _pointwise_weight()),
+                               "x", "a torch.Tensor", "list"),
+    "pointwise_group_conv-weight": (so.pointwise_group_conv, lambda: so.pointwise_group_conv(_x(), [[1.0]]), "weight",
+                                    "a torch.Tensor", "list"),
+    "pointwise_group_conv-bias": (so.pointwise_group_conv,
+                                  lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), [0.0], 3), "bias",
+                                  "a torch.Tensor", "list"),
+    "pointwise_group_conv-residual": (so.pointwise_group_conv,
+                                      lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), None, 3, residual=0.0),
+                                      "residual", "a torch.Tensor", "float"),
+    "pointwise_group_conv-groups-float": (so.pointwise_group_conv,
+                                          lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), groups=3.0),
+                                          "groups", "an int", "float"),
+    "pointwise_group_conv-groups-bool": (so.pointwise_group_conv,
+                                         lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), groups=True),
+                                         "groups", "an int", "bool"),
+    "pointwise_group_conv-input_shuffle": (so.pointwise_group_conv,
+                                           lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), groups=3,
+                                                                           input_shuffle=2.0),
+                                           "input_shuffle", "an int", "float"),
+    "pointwise_group_conv-output_shuffle": (so.pointwise_group_conv,
+                                            lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), groups=3,
+                                                                            output_shuffle="3"),
+                                            "output_shuffle", "an int", "str"),
+    "pointwise_group_conv-backend": (so.pointwise_group_conv,
+                                     lambda: so.pointwise_group_conv(_x(), _pointwise_weight(), groups=3, backend=3),
+                                     "backend", "a str", "int"),
+    "depthwise_conv3x3-x": (so.depthwise_conv3x3, lambda: so.depthwise_conv3x3(None, _depthwise_weight()), "x",
+                            "a torch.Tensor", "NoneType"),
+    "depthwise_conv3x3-weight": (so.depthwise_conv3x3, lambda: so.depthwise_conv3x3(_x(), 1.0), "weight",
+                                 "a torch.Tensor", "float"),
+    "depthwise_conv3x3-bias": (so.depthwise_conv3x3, lambda: so.depthwise_conv3x3(_x(), _depthwise_weight(), 0.0),
+                               "bias", "a torch.Tensor", "float"),
+    "depthwise_conv3x3-stride": (so.depthwise_conv3x3,
+                                 lambda: so.depthwise_conv3x3(_x(), _depthwise_weight(), stride=2.0), "stride",
+                                 "an int", "float"),
+    "max_pool3x3-x": (so.max_pool3x3, lambda: so.max_pool3x3([1.0]), "x", "a torch.Tensor", "list"),
+    "max_pool3x3-stride": (so.max_pool3x3, lambda: so.max_pool3x3(_x(), 2.0), "stride", "an int", "float"),
+    "avg_pool3x3-x": (so.avg_pool3x3, lambda: so.avg_pool3x3([1.0]), "x", "a torch.Tensor", "list"),
+    "avg_pool3x3-stride": (so.avg_pool3x3, lambda: so.avg_pool3x3(_x(), True), "stride", "an int", "bool"),
+    "stem_conv3x3_maxpool-x": (so.stem_conv3x3_maxpool, lambda: so.stem_conv3x3_maxpool(1, _stem_weight()), "x",
+                               "a torch.Tensor", "int"),
+    "stem_conv3x3_maxpool-weight": (so.stem_conv3x3_maxpool, lambda: so.stem_conv3x3_maxpool(_x(), None), "weight",
+                                    "a torch.Tensor", "NoneType"),
+    "stem_conv3x3_maxpool-bias": (so.stem_conv3x3_maxpool,
+                                  lambda: so.stem_conv3x3_maxpool(_x(), _stem_weight(), [0.0]), "bias",
+                                  "a torch.Tensor", "list"),
+}
+
+
+@pytest.mark.parametrize("case", TYPE_CASES)
+def test_type_errors_name_the_public_op(case):
+    op, call, argument, expected, given = TYPE_CASES[case]
+    with pytest.raises(TypeError, match=rf"^{op.__name__}: expected {argument} to be {expected}, got {given}$"):
+        call()
+
+
+def test_type_cases_cover_every_public_op():
+    public_ops = {getattr(so, name) for name in so.__all__
+                  if getattr(getattr(so, name), "__module__", None) == "shufflenet_ops.functional"}
+    assert {case[0] for case in TYPE_CASES.values()} == public_ops
+
+
+@pytest.mark.parametrize("module,call,argument", [
+    ("ChannelShuffle", lambda: so.nn.ChannelShuffle(2.0), "groups"),
+    ("PointwiseGroupConv2d", lambda: so.nn.PointwiseGroupConv2d(12, 24, output_shuffle=2.0), "output_shuffle"),
+])
+def test_module_type_errors_name_the_module(module, call, argument):
+    with pytest.raises(TypeError, match=rf"^{module}: expected {argument} to be an int, got float$"):
+        call()
 
 
 SHUFFLE_CASES = [
@@ -143,12 +211,6 @@ def test_channel_shuffle(x, groups, error, pattern, entry):
             return so.channel_shuffle(x, groups, backend=entry.removeprefix("public-"))
     with pytest.raises(error, match=pattern):
         op(x, groups)
-
-
-@pytest.mark.parametrize("groups", [2.0, True, "2"])
-def test_channel_shuffle_groups_type(groups):
-    with pytest.raises(TypeError, match=r"groups to be an int"):
-        so.channel_shuffle(torch.randn(1, 4, 2, 2), groups)
 
 
 GRAD_CASES = [
