@@ -7,16 +7,45 @@ Environment variables:
                                 "native": the SIMD width is chosen at compile
                                 time, so build on the machine that runs it, or
                                 name a portable baseline such as x86-64-v3).
-  TORCH_CUDA_ARCH_LIST          CUDA architectures (default "8.0;9.0").
+  TORCH_CUDA_ARCH_LIST          CUDA architectures (default "8.0;9.0+PTX": machine
+                                code for A100 and H100/H200, PTX that newer GPUs compile).
+  CUDA_HOME                     the CUDA toolkit (default: where the nvcc on PATH says
+                                it lives).
 """
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 
-import torch
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def toolkit_of_nvcc():
+    """The CUDA toolkit of the nvcc on PATH, as nvcc itself reports it. torch takes
+    the folder above nvcc's, which is wrong where nvcc is a wrapper or link outside
+    the toolkit (/usr/local/bin/nvcc, say): the build then fails for want of
+    cuda_runtime_api.h."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        dryrun = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    top = re.search(r"^#\$ TOP=(.+)$", dryrun.stderr, re.MULTILINE)
+    return os.path.realpath(top.group(1).strip()) if top else None
+
+
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    toolkit = toolkit_of_nvcc()
+    if toolkit:
+        # Read by torch.utils.cpp_extension when it is imported.
+        os.environ["CUDA_HOME"] = toolkit
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,7 +72,11 @@ def extension():
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    runtime_header = os.path.join(CUDA_HOME or "", "include", "cuda_runtime_api.h")
+    if not os.path.exists(runtime_header):
+        raise RuntimeError(f"the CUDA toolkit at {CUDA_HOME!r} has no include/cuda_runtime_api.h: set CUDA_HOME "
+                           "to the toolkit's folder, or SHUFFLENET_OPS_SKIP_CUDA=1 to build the CPU kernels only")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     return CUDAExtension(
         "shufflenet_ops._C",
         sources + relative_sources("csrc/cuda/*.cu") + relative_sources("csrc/cuda/*.cpp"),

@@ -13,6 +13,8 @@ COMMANDS = [
     "-m pip install --quiet --no-build-isolation -e .",
     "-m pip download --quiet --no-deps --only-binary=:all: torchvision==0.28.* --dest {tmp}/wheels",
     "-m pytest tests -q -rs",
+    "-m pip install --quiet --upgrade --no-deps --target {tmp}/triton triton==3.7.1",
+    "-m pytest tests/test_triton.py -q",
 ]
 
 
@@ -22,7 +24,8 @@ def test_each_step_is_announced_before_it_runs(tmp_path):
     stand_in = bin_dir / "python"
     stand_in.write_text('#!/bin/sh\necho "RUN: $*"\n')
     stand_in.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TORCHVISION_WHEEL_DIR=f"{tmp_path}/wheels")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TORCHVISION_WHEEL_DIR=f"{tmp_path}/wheels",
+               TRITON_37_DIR=f"{tmp_path}/triton")
     result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=True)
     lines = result.stdout.splitlines()
     runs = [i for i, line in enumerate(lines) if line.startswith("RUN: ")]
