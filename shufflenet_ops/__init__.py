@@ -12,6 +12,7 @@ from . import triton as _triton_backend  # noqa: F401  (registers backend "trito
 from . import batching  # noqa: F401,E402  (registers the ops' torch.vmap rules)
 from . import flops, models, nn  # noqa: E402  (flops registers the ops' FLOP formulas)
 from .fuse import fuse  # noqa: E402
+from . import onnx  # noqa: F401,E402  (registers the ops' ONNX translations)
 
 __all__ = [
     "available_backends",
@@ -22,6 +23,7 @@ __all__ = [
     "max_pool3x3",
     "models",
     "nn",
+    "onnx",
     "pointwise_group_conv",
     "reference",
     "stem_conv3x3_maxpool",
