@@ -107,9 +107,11 @@ def _fold_batch_norms(layers, owner: nn.Module | None = None) -> list[tuple[torc
     weights, most of the cost. Without autograd the folded weights are written into storage
     kept for ``owner`` (see :func:`_scaled_weights`)."""
     statistics = [_batch_norm_tensors(bn) for _, bn in layers]
-    if torch.compiler.is_compiling() or not layers or any(t is None for ts in statistics for t in ts):
-        # A traced graph gets one plain computation per BatchNorm, which so.fuse folds into
-        # constants and a compiler fuses anyway; a BatchNorm without affine parameters too.
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if tracing or not layers or any(t is None for ts in statistics for t in ts):
+        # A traced graph (torch.compile, torch.export, the TorchScript ONNX exporter) gets one
+        # plain computation per BatchNorm, which so.fuse folds into constants and a compiler
+        # fuses anyway; a BatchNorm without affine parameters too.
         return [_fold_batch_norm(weight, bn) for weight, bn in layers]
     if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         return _fold_stacked(layers, statistics, owner)

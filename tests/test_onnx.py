@@ -198,14 +198,7 @@ def image_batch(n):
     return {"x": randn(n, 3, 64, 64, seed=n)}
 
 
-ZOO_LEGACY_FOLDING = pytest.mark.xfail(
-    strict=True, raises=torch.onnx.errors.UnsupportedOperatorError,
-    reason="under TorchScript tracing ShuffleNetV1 folds its BatchNorms with torch._foreach_mul, which the "
-           "TorchScript exporter cannot translate (models._fold_batch_norms takes the per-layer path only "
-           "under torch.compiler.is_compiling(), not under torch.jit.is_tracing())")
-
-
-@pytest.mark.parametrize("exporter", [EXPORTERS[0], pytest.param(EXPORTERS[1], marks=ZOO_LEGACY_FOLDING)])
+@pytest.mark.parametrize("exporter", EXPORTERS)
 def test_zoo_model(exporter, tmp_path):
     model = randomize_batch_norms(shufflenet_v1(3, 0.25, 10)).eval()
     assert_exports(model, image_batch, exporter, tmp_path / "zoo.onnx", atol=1e-4)
