@@ -130,12 +130,17 @@ def stem_conv3x3_maxpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return reference.stem_conv3x3_maxpool(x, weight, bias)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    # torch.is_autocast_enabled raises for device types without autocast (meta).
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _autocast_cast(device_type: str, *tensors):
     """``tensors`` as the compiled ops' autocast kernels (csrc/autocast.cpp) pass
     them on, for the reference path on devices without such kernels: under
     torch.autocast for ``device_type``, floating-point tensors other than float64
     in the autocast dtype, as conv2d's inputs are cast; unchanged otherwise."""
-    if not torch.is_autocast_enabled(device_type):
+    if not _autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(
@@ -152,7 +157,7 @@ def _reference_shuffle(x, groups):
 def _reference_conv(x, weight, bias, groups, input_shuffle, output_shuffle, relu, residual=None):
     x, weight, bias = _autocast_cast(x.device.type, x, weight, bias)
     if (residual is not None and residual.is_floating_point() and residual.dtype != x.dtype
-            and torch.is_autocast_enabled(x.device.type)):
+            and _autocast_enabled(x.device.type)):
         # As csrc/autocast.cpp does: conv2d(...) + residual, in the promoted dtype.
         check.check_pointwise_group_conv(x, weight, bias, groups, input_shuffle, output_shuffle,
                                          residual.to(x.dtype))
