@@ -629,8 +629,9 @@ class FusedModule(fx.GraphModule):
     """What ``so.fuse`` returns: the rewritten graph, the model's tensors it reads, ``fuse_report``,
     and a forward pre-hook checking each call's inputs against the example's. It computes the
     mode it was fused in (``training``); ``train()`` / ``eval()`` to that mode are no-ops, to the
-    other they raise. ``copy.deepcopy`` and pickling (``torch.save``) rebuild it from its graph's
-    nodes, so they keep what torch.export's module lost (its forward hooks, plain attributes)."""
+    other they raise. Copies (``copy.copy``, which shares its tensors, and ``copy.deepcopy``) and
+    pickling (``torch.save``) rebuild it from its graph's nodes, with its hooks, attributes and
+    the kinds of its tensors (parameter, buffer, non-persistent buffer, plain attribute)."""
 
     def __init__(self, source: nn.Module, graph: fx.Graph, state: dict):
         super().__init__(source, graph, class_name="FusedModule")
@@ -649,6 +650,10 @@ class FusedModule(fx.GraphModule):
 
     def __reduce__(self):
         return _load_fused_module, (_saved_state(self), _GraphRecipe.of(self.graph))
+
+    def __copy__(self) -> FusedModule:
+        state = {name: copy.copy(value) if name in _HOOKS else value for name, value in _saved_state(self).items()}
+        return FusedModule(self, _GraphRecipe.of(self.graph).graph(), state)
 
     def __deepcopy__(self, memo):
         copied = type(self).__new__(type(self))

@@ -163,15 +163,17 @@ def test_a_saved_fused_model_loads_in_a_process_that_never_imported_the_library(
 
 
 class NonPersistentScale(nn.Module):
-    """A shuffle next to a 1x1 conv, and a non-persistent buffer the forward reads."""
+    """A shuffle next to a 1x1 conv, a non-persistent buffer and a plain tensor attribute (which
+    torch.export lifts as a constant) the forward reads."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(4, 8, 1, groups=2)
         self.register_buffer("scale", torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1), persistent=False)
+        self.offset = torch.tensor(0.25)
 
     def forward(self, x):
-        return torch.channel_shuffle(self.conv(x), 2) * self.scale
+        return torch.channel_shuffle(self.conv(x), 2) * self.scale + self.offset
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -186,15 +188,25 @@ def test_state_dict_round_trips_into_a_freshly_fused_model(mode):
         torch.testing.assert_close(other(x), fused(x), atol=0, rtol=0)
 
 
-def test_non_persistent_buffers_stay_out_of_the_state_dict_through_save_and_copy(tmp_path):
+def test_attribute_kinds_and_state_dict_keys_survive_save_and_copy(tmp_path):
     model = NonPersistentScale().train()
     x = torch.randn(2, 4, 3, 3)
     fused = so.fuse(model, x)
     torch.save(fused, tmp_path / "fused.pt")
     for module in (fused, copy.deepcopy(fused), torch.load(tmp_path / "fused.pt", weights_only=False)):
         assert set(module.state_dict()) == set(model.state_dict()) == {"conv.weight", "conv.bias"}
-        assert "scale" in dict(module.named_buffers())
+        assert set(dict(module.named_buffers())) == {"scale"}
         torch.testing.assert_close(module(x), model(x), atol=1e-6, rtol=1e-6)
+
+
+def test_a_shallow_copy_shares_the_tensors_and_keeps_the_checks(eval_twins):
+    model, fused = eval_twins
+    shallow = copy.copy(fused)
+    assert isinstance(shallow, so.FusedModule) and shallow.fuse_report == fused.fuse_report
+    assert all(a is b for a, b in zip(shallow.parameters(), fused.parameters()))
+    assert_same_function(model, shallow, image(2, seed=7), train=False)
+    with pytest.raises(ValueError, match="input x has 1 channels, the model expects 3"):
+        shallow(image(2, channels=1))
 
 
 # --- train and eval ---------------------------------------------------------------------------------
