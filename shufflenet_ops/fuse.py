@@ -57,6 +57,10 @@ In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
 sits between them, the ReLU and shuffle after it. Everything fused is then
 exact up to floating-point rounding of the folded weights.
+
+The result is a ``FusedModule``: the rewritten graph with torch.export's per-call
+checks replaced by its own, which name a wrong input against the example, and a
+module that pickles, copies and keeps the mode it was fused in.
 """
 
 from __future__ import annotations
@@ -571,7 +575,8 @@ class _ExpectedInputs:
 
     def _explain_guard_failure(self, inputs, sizes) -> None:
         failed = [readable for guard, readable in self._each_guard if not guard(*sizes)]
-        shapes = ", ".join(f"{self.names[i]} {list(inputs[i].shape)}" for i in sorted({i for _, i, _ in self.variables}))
+        variable_inputs = sorted({i for _, i, _ in self.variables})
+        shapes = ", ".join(f"{self.names[i]} {list(inputs[i].shape)}" for i in variable_inputs)
         raise ValueError(
             f"fused {self.model}: the input sizes ({shapes}) break what the captured graph relies on: "
             f"{failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "") + ". The graph was "

@@ -111,8 +111,9 @@ def test_other_spatial_sizes_need_dynamic_spatial_or_an_example_of_that_size():
     assert_same_function(model, dynamic, non_square, train=False)
     # The graph captured at 64x64 relies on every stride-2 stage leaving more than one pixel;
     # the stock model also runs 32x32 images, for which the error says to fuse at that size.
-    with pytest.raises(ValueError, match=r"input sizes \(x \[2, 3, 32, 32\]\) break what the captured graph relies "
-                                         r"on: .*x\.shape\[[23]\].*fuse the model again with an example of these sizes"):
+    with pytest.raises(ValueError, match=r"input sizes \(x \[2, 3, 32, 32\]\) break what the captured graph "
+                                         r"relies on: .*x\.shape\[[23]\].*fuse the model again with an example "
+                                         r"of these sizes"):
         dynamic(image(2, size=32))
     small = so.fuse(copy.deepcopy(model), image(1, size=32), dynamic_spatial=True)
     assert_same_function(model, small, image(2, size=32, seed=5), train=False)
@@ -263,13 +264,15 @@ def eval_twins():
 
 
 @pytest.mark.parametrize("wrong,error,message", [
-    (lambda: image(2, channels=1), ValueError, r"fused UnfusedShuffleNetV1: input x has 1 channels, the model expects 3$"),
+    (lambda: image(2, channels=1), ValueError,
+     r"fused UnfusedShuffleNetV1: input x has 1 channels, the model expects 3$"),
     (lambda: image(2, dtype=torch.bfloat16), TypeError,
      r"input x has dtype torch\.bfloat16, the model computes in torch\.float32 .* convert the input with "
      r"\.to\(torch\.float32\), or the model with \.to\(torch\.bfloat16\)"),
     (lambda: torch.randn(3, 64, 64), ValueError, r"input x has 3 dims \(shape \[3, 64, 64\]\), the model expects 4 "
                                                  r"\(\[N, 3, 64, 64\]\)"),
-    (lambda: torch.randn(2, 3, 64, 64, device="meta"), ValueError, r"input x is on meta, the model's tensors are on cpu"),
+    (lambda: torch.randn(2, 3, 64, 64, device="meta"), ValueError,
+     r"input x is on meta, the model's tensors are on cpu"),
     (lambda: 1.0, TypeError, r"input x must be a tensor, got float"),
 ])
 def test_wrong_inputs_are_named_against_what_the_model_expects(eval_twins, wrong, error, message):
