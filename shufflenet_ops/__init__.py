@@ -11,7 +11,7 @@ from .functional import (
 from . import triton as _triton_backend  # noqa: F401  (registers backend "triton" where triton is installed)
 from . import batching  # noqa: F401,E402  (registers the ops' torch.vmap rules)
 from . import flops, models, nn  # noqa: E402  (flops registers the ops' FLOP formulas)
-from .fuse import fuse  # noqa: E402
+from .fuse import FusedModule, FuseError, fuse  # noqa: E402
 from . import onnx  # noqa: F401,E402  (registers the ops' ONNX translations)
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "avg_pool3x3",
     "channel_shuffle",
     "depthwise_conv3x3",
+    "FusedModule",
+    "FuseError",
     "fuse",
     "max_pool3x3",
     "models",

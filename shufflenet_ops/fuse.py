@@ -57,6 +57,10 @@ In training mode a BatchNorm normalizes with batch statistics, so it cannot be
 folded: a conv then fuses only the shuffle before it and, where no BatchNorm
 sits between them, the ReLU and shuffle after it. Everything fused is then
 exact up to floating-point rounding of the folded weights.
+
+The result is a ``FusedModule``: the rewritten graph with torch.export's per-call
+checks replaced by its own, which name a wrong input against the example, and a
+module that pickles, copies and keeps the mode it was fused in.
 """
 
 from __future__ import annotations
@@ -64,13 +68,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import io
+import logging
+import math
 import operator
-import types
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import sympy
 import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor
@@ -81,7 +89,7 @@ from .functional import (
     stem_conv3x3_maxpool)
 from .ops import NAMESPACE, NATIVE
 
-__all__ = ["FuseError", "FuseReport", "fuse"]
+__all__ = ["FuseError", "FuseReport", "FusedModule", "fuse"]
 
 aten = torch.ops.aten
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
@@ -134,26 +142,35 @@ class FuseReport:
         return "\n".join(lines)
 
 
-def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbose: bool = False) -> fx.GraphModule:
+def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, dynamic_spatial: bool = False,
+         verbose: bool = False) -> FusedModule:
     """Returns a module computing what ``model`` computes, with its channel
     shuffles and the 1x1 convs next to them running as fused ops.
 
     ``example_inputs``: a tensor or a tuple of positional arguments. The model is
     captured in its current mode (train or eval), and the result computes that
-    mode's function; like any ``torch.export`` module it refuses ``train()`` and
-    ``eval()``, so fuse the model again for the other mode. With
-    ``dynamic_batch`` the batch size of tensor inputs may differ between calls
-    (unless the example's batch is 1). The result shares the model's parameters
-    except the folded ones (eval), which are copies taken now.
-    ``result.fuse_report`` counts what was fused per pattern; ``verbose`` prints it.
-    ``copy.deepcopy(result)`` is a fused module of its own tensors with the same report
-    and behaviour.
+    mode's function: its ``training`` says which, and switching it to the other
+    mode raises (fuse the model again in that mode). With ``dynamic_batch`` dim 0
+    of each tensor input (the batch) may take any size, even where the example's
+    batch is 1. With ``dynamic_spatial`` so may its dims 2 and up (an image's
+    height and width), within what the model allows; the rewrites then compare
+    symbolic sizes, and where a size reaches 1 in the example (a 1x1 feature map)
+    one may go unrecognized, so fixed spatial sizes are the default. The result
+    checks each call's inputs against the example's: structure, rank, the fixed
+    sizes (channels), dtype, device, and the relations between variable sizes the
+    captured graph relies on. It shares the model's parameters except the folded
+    ones (eval), which are copies taken now. ``result.fuse_report`` counts what
+    was fused per pattern; ``verbose`` prints it and lets torch.export's own log
+    through. ``copy.deepcopy(result)`` is a fused module of its own tensors with
+    the same report and behaviour; ``torch.save(result)`` /
+    ``torch.load(..., weights_only=False)`` round-trip it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected model to be a torch.nn.Module, got {type(model).__name__}")
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    gm = _capture(model, args, dynamic_batch)
-    _check_plain_tensor_inputs_cheaply(gm, args)
+    with contextlib.nullcontext() if verbose else _capture_quietly():
+        gm = _capture(model, args, dynamic_batch, dynamic_spatial)
+    inputs = _ExpectedInputs.of_capture(type(model).__name__, gm, args, dynamic_batch, dynamic_spatial)
     report = FuseReport(training=model.training)
     if not report.training:
         _fold_parameter_computations(gm, report)
@@ -169,11 +186,13 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
     report.counts[STANDALONE] = sum(1 for n in gm.graph.nodes if _is_so_shuffle(n))
     built_on_library_ops = any(_is_library_op(n) for n in gm.graph.nodes)
     _call_registered_ops(gm.graph)
-    _erase_unused_attribute_reads(gm.graph)
+    _erase_unused_reads(gm.graph)
     gm.graph.lint()
-    gm.recompile()
-    gm.fuse_report = report
-    _install_class_attributes(gm)
+    reference = _first_floating_tensor_read(gm)
+    if reference is not None:
+        inputs.follow(*reference)
+    fused = FusedModule(gm, gm.graph, {"fuse_report": report, "_expected_inputs": inputs})
+    fused.register_forward_pre_hook(_check_inputs, with_kwargs=True)
     if verbose:
         print(report)
     if not report.shuffles_found and not built_on_library_ops:
@@ -183,7 +202,7 @@ def fuse(model: nn.Module, example_inputs, *, dynamic_batch: bool = True, verbos
             + ("fused only the other patterns (see fuse_report)" if fused_any else "nothing was fused"),
             stacklevel=2,
         )
-    return gm
+    return fused
 
 
 _PUBLIC_OPS = (channel_shuffle, pointwise_group_conv, depthwise_conv3x3, max_pool3x3, avg_pool3x3,
@@ -201,11 +220,15 @@ def _call_registered_ops(graph: fx.Graph) -> None:
             node.target, node.args, node.kwargs = call[0], call[1], {}
 
 
-def _erase_unused_attribute_reads(graph: fx.Graph) -> None:
+def _erase_unused_reads(graph: fx.Graph) -> None:
     """Drops reads of attributes nothing uses (the captured graph reads every buffer, such as each
-    BatchNorm's num_batches_tracked): each read is a Python attribute lookup per call."""
-    for node in list(graph.nodes):
-        if node.op == "get_attr" and not node.users:
+    BatchNorm's num_batches_tracked) and the size arithmetic only replaced ops used (the output
+    sizes of the stock ops, over variable sizes): each is Python work per call."""
+    for node in reversed(list(graph.nodes)):
+        if node.users:
+            continue
+        if node.op == "get_attr" or (node.op == "call_function"
+                                     and isinstance(node.meta.get("val"), (torch.SymInt, torch.SymBool))):
             graph.erase_node(node)
 
 
@@ -216,35 +239,6 @@ def _tensor_property(name: str, store: str) -> property:
         return tensors[name] if name in tensors else nn.Module.__getattr__(self, name)
 
     return property(read)
-
-
-def _install_class_attributes(gm: fx.GraphModule) -> None:
-    """What the fused module keeps on its own class (fx makes one class per instance)."""
-    _read_tensors_through_properties(gm)
-    type(gm).__deepcopy__ = _deepcopy_fused
-
-
-# nn.Module's hook registries other than the state-dict ones GraphModule's deepcopy keeps.
-_FORWARD_AND_BACKWARD_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-                               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
-                               "_backward_hooks", "_is_full_backward_hook")
-
-
-def _deepcopy_fused(self, memo):
-    """GraphModule's deepcopy rebuilds the module from its graph and submodules, which drops
-    the instance attributes its constructor does not set (``fuse_report``, torch.export's
-    ``train``/``eval`` guards and ``range_constraints``), the forward hooks (torch.export's
-    input-structure check among them) and what ``fuse`` put on the class: all are carried over."""
-    copied = super(type(self), self).__deepcopy__(memo)
-    for name, value in self.__dict__.items():
-        if name in copied.__dict__ and name not in _FORWARD_AND_BACKWARD_HOOKS:
-            continue
-        if isinstance(value, types.MethodType) and value.__self__ is self:
-            copied.__dict__[name] = types.MethodType(value.__func__, copied)
-        else:
-            copied.__dict__[name] = copy.deepcopy(value, memo)
-    _install_class_attributes(copied)
-    return copied
 
 
 def _read_tensors_through_properties(gm: fx.GraphModule) -> None:
@@ -269,46 +263,529 @@ def _is_library_op(node: fx.Node) -> bool:
         node.target.namespace == NAMESPACE)
 
 
-def _capture(model: nn.Module, args: tuple, dynamic_batch: bool) -> fx.GraphModule:
-    dynamic_shapes = None
-    if dynamic_batch:
-        dynamic_shapes = tuple(
-            {0: torch.export.Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args
-        )
+# --- capture ---------------------------------------------------------------------------------------
+
+def _reject(record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def _capture_quietly():
+    """Keeps what torch.export writes to stderr while capturing (a failed capture prints the
+    partial graph and logs its cause, a specialized dim logs a warning) from reaching the user:
+    a failure reaches them as the FuseError that names its cause, and what a capture that
+    succeeds printed is written out after it. Torch's log records are filtered out on its loggers
+    and on their handlers (which also see the records of loggers created during the capture);
+    its prints go to a buffer in place of ``sys.stderr`` meanwhile, for every thread."""
+    loggers = [logger for name, logger in list(logging.root.manager.loggerDict.items())
+               if isinstance(logger, logging.Logger) and (name == "torch" or name.startswith("torch."))]
+    muted = loggers + list({handler for logger in loggers for handler in logger.handlers})
+    printed = io.StringIO()
+    for target in muted:
+        target.addFilter(_reject)
     try:
-        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for target in muted:
+            target.removeFilter(_reject)
+    sys.stderr.write(printed.getvalue())
+
+
+def _dynamic_dims(t: torch.Tensor, dynamic_batch: bool, dynamic_spatial: bool) -> list[int]:
+    """The dims of an example tensor captured as variable sizes: the batch (dim 0) and the
+    spatial dims (2 and up). A spatial size of 1 stays fixed: torch.export takes a size-1 example
+    dim as that size only, and says so in its log."""
+    dims = [0] if dynamic_batch and t.dim() > 0 and t.shape[0] > 0 else []
+    if dynamic_spatial:
+        dims += [d for d in range(2, t.dim()) if t.shape[d] > 1]
+    return dims
+
+
+def _batch_of_one(a) -> bool:
+    return isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1
+
+
+def _batch_of_two(t: torch.Tensor) -> torch.Tensor:
+    """A batch-1 example repeated into a batch of 2: torch.export would take a size-1 dim as that
+    size only. The repeat keeps the example's values and memory format."""
+    if not _batch_of_one(t):
+        return t
+    return torch.cat([t.detach(), t.detach()]).requires_grad_(t.requires_grad)
+
+
+def _capture(model: nn.Module, args: tuple, dynamic_batch: bool, dynamic_spatial: bool) -> fx.GraphModule:
+    """``model`` as torch.export's module of ATen ops, with the dims of ``_dynamic_dims`` variable
+    wherever the model allows it. An example with a batch of 1 is captured as a batch of 2; where
+    the model cannot take that (its dim 0 is no batch) or fixes it to 2, the example is captured
+    as given, its dim 0 fixed. torch.export's per-call checks are left out: the fused module
+    checks its inputs itself (``_ExpectedInputs``)."""
+    if dynamic_batch and any(_batch_of_one(a) for a in pytree.tree_leaves(args)):
+        try:
+            gm = _export(model, pytree.tree_map_only(torch.Tensor, _batch_of_two, args), dynamic_batch,
+                         dynamic_spatial)
+        except FuseError:
+            gm = None
+        if gm is not None and not _fixes_a_doubled_batch(gm, args):
+            return gm
+        dynamic_batch = False
+    return _export(model, args, dynamic_batch, dynamic_spatial)
+
+
+def _placeholders(gm: fx.GraphModule) -> list:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def _fixes_a_doubled_batch(gm: fx.GraphModule, args: tuple) -> bool:
+    """Whether the model fixed dim 0 of an input whose batch of 1 was captured as 2: its graph
+    computes a batch of 2 only, not the example's."""
+    return any(_batch_of_one(a) and _fixed_size(_val(n).shape[0]) is not None
+               for n, a in zip(_placeholders(gm), pytree.tree_leaves(args)))
+
+
+def _export(model: nn.Module, args: tuple, dynamic_batch: bool, dynamic_spatial: bool) -> fx.GraphModule:
+    def dims_of(a):
+        dims = _dynamic_dims(a, dynamic_batch, dynamic_spatial) if isinstance(a, torch.Tensor) else []
+        return {d: torch.export.Dim.AUTO for d in dims} or None
+
+    dynamic_shapes = pytree.tree_map(dims_of, args)
+    if not any(d is not None for d in pytree.tree_leaves(dynamic_shapes)):
+        dynamic_shapes = None
+    try:
+        gm = torch.export.export(model, args, dynamic_shapes=dynamic_shapes).module()
     except Exception as error:
+        options = [o for o, on in (("dynamic_batch=False", dynamic_batch), ("dynamic_spatial=False", dynamic_spatial))
+                   if on]
         raise FuseError(
             f"so.fuse: torch.export could not capture {type(model).__name__} with the given example_inputs "
             f"({type(error).__name__}: {error}). so.fuse needs a model that torch.export can trace; "
-            f"check that example_inputs are what forward() takes, or pass dynamic_batch=False."
+            f"check that example_inputs are what forward() takes"
+            + (f", or pass {' and '.join(options)} to capture the example's sizes only" if options else "")
+            + " (verbose=True shows torch.export's log)."
         ) from error
-    return program.module()
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+    return gm
 
 
-def _check_plain_tensor_inputs_cheaply(gm: fx.GraphModule, example_args: tuple) -> None:
-    """torch.export's module checks at every call that the inputs have the exported structure,
-    by flattening them as a pytree (about 13 us a call, a hundredth of a ShuffleNet forward);
-    its shape guards run in the forward itself. For a model exported from plain tensors alone, a
-    call with as many plain tensors and no keywords has that structure: it is let through, and
-    any other call still gets torch's check and its error. Where torch names the check
-    otherwise, or has no guard function, the module is left as torch made it."""
-    try:
-        from torch.export._unlift import _check_input_constraints_pre_hook as structure_check
-    except ImportError:
-        return
-    if not hasattr(gm, "_guards_fn") or not all(type(a) is torch.Tensor for a in example_args):
-        return
-    for key, hook in gm._forward_pre_hooks.items():
-        if hook is structure_check:
-            gm._forward_pre_hooks[key] = functools.partial(_structure_check_unless_plain_tensors, hook,
-                                                           len(example_args))
+def _fixed_size(size) -> int | None:
+    """A captured size as an int where it is one: a symbolic size torch.export found fixed by
+    the model has a number for its expression."""
+    if isinstance(size, int):
+        return size
+    return int(size.node.expr) if size.node.expr.is_number else None
 
 
-def _structure_check_unless_plain_tensors(structure_check, arity, module, args, kwargs):
-    if kwargs or len(args) != arity or any(type(a) is not torch.Tensor for a in args):
-        return structure_check(module, args, kwargs)
+# --- the fused module's inputs -----------------------------------------------------------------------
+
+@dataclass
+class _ExpectedTensor:
+    """What a tensor input must be: its rank, the sizes fixed at capture (dim -> size, and what to
+    do for another size), and the example's dtype and device."""
+
+    rank: int
+    fixed: dict
+    remedies: dict
+    dtype: torch.dtype
+    device: torch.device
+    follows_dtype: bool = False
+    follows_device: bool = False
+
+
+def _remedy(dim: int, example: torch.Tensor, dynamic_batch: bool, dynamic_spatial: bool) -> str:
+    """What to do for another size of a dim fixed at capture; "" where the model fixes it (channels)."""
+    if dim == 0:
+        if not dynamic_batch:
+            return "fuse the model without dynamic_batch=False for any batch size"
+        return "the model fixes it, torch.export captures it for this size only"
+    if dim == 1:
+        return ""
+    if not dynamic_spatial:
+        return "fuse the model with dynamic_spatial=True, or with an example of this size"
+    if example.shape[dim] == 1:
+        return "the example's size 1 fixes it: fuse the model with an example of this size"
+    return "the model computes this size only"
+
+
+class _ExpectedInputs:
+    """The fused module's inputs as captured: their structure, each tensor's rank, fixed sizes,
+    dtype and device, and the relations between variable sizes that the captured graph relies on
+    (torch.export's guards, such as a spatial size large enough for every stride-2 stage to
+    leave more than one pixel). Checked before each call, so a wrong input is named with what
+    the model expects instead of failing inside an op."""
+
+    def __init__(self, model: str, in_spec, names: list, expected: list, arity: int, plain: bool,
+                 variables: list, guards: list):
+        self.model = model
+        self.structure = _Structure(in_spec)
+        self.names = names
+        self.expected = expected  # per flattened input: _ExpectedTensor, a fixed value, or None
+        self.arity = arity
+        self.plain = plain  # every input a plain tensor passed positionally: no structure to check
+        self.variables = variables  # (variable name, input index, dim) of each variable size
+        self.guards = guards  # (Python expression over the variables, the same over input names)
+        self.reference_tensor = None
+        self._compile_guards()
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_all_guards", "_each_guard")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._compile_guards()
+
+    def _compile_guards(self) -> None:
+        """The guards as functions of the variable sizes, made once: torch.compile traces calls of
+        them, not the ``eval`` that makes them."""
+        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
+
+        namespace = {**SYMPY_INTERP, "math": math, "inf": math.inf}
+        parameters = ", ".join(v for v, _, _ in self.variables)
+        body = " and ".join(f"({code})" for code, _ in self.guards) or "True"
+        # The expressions are sympy's printing of torch.export's guards, over generated names.
+        self._all_guards = eval(f"lambda {parameters}: {body}", namespace)  # noqa: S307
+        self._each_guard = [(eval(f"lambda {parameters}: {code}", namespace), readable)  # noqa: S307
+                            for code, readable in self.guards]
+
+    @classmethod
+    def of_capture(cls, model: str, gm: fx.GraphModule, args: tuple, dynamic_batch: bool,
+                   dynamic_spatial: bool) -> _ExpectedInputs:
+        placeholders = _placeholders(gm)
+        leaves, in_spec = pytree.tree_flatten((args, {}))
+        names = [n.name for n in placeholders]
+        expected, variables, symbols, equalities = [], [], {}, []
+        for index, (node, example) in enumerate(zip(placeholders, leaves)):
+            value = node.meta.get("val")
+            if not isinstance(value, torch.Tensor):
+                expected.append(value if isinstance(value, (bool, int, float, str)) else None)
+                continue
+            fixed, remedies = {}, {}
+            for dim, size in enumerate(value.shape):
+                if _fixed_size(size) is not None:
+                    fixed[dim] = _fixed_size(size)
+                    remedies[dim] = _remedy(dim, example, dynamic_batch, dynamic_spatial)
+                    continue
+                variable = sympy.Symbol(f"_{index}_{dim}", integer=True)
+                variables.append((variable.name, index, dim))
+                expr = size.node.expr
+                if isinstance(expr, sympy.Symbol) and expr not in symbols:
+                    symbols[expr] = variable
+                else:
+                    equalities.append(sympy.Eq(variable, expr))
+            expected.append(_ExpectedTensor(value.dim(), fixed, remedies, value.dtype, value.device))
+        readable = {sympy.Symbol(v, integer=True): sympy.Symbol(f"{names[i]}.shape[{d}]") for v, i, d in variables}
+        guards = cls._guards(gm, symbols, equalities, readable)
+        plain = all(type(a) is torch.Tensor for a in args) and len(leaves) == len(args)
+        return cls(model, in_spec, names, expected, len(args), plain, variables, guards)
+
+    @staticmethod
+    def _guards(gm: fx.GraphModule, symbols: dict, equalities: list, readable: dict) -> list:
+        """torch.export's guards on the input sizes (those its module checks at each call), its
+        range constraints above the 2 every variable size is captured from, and the sizes given
+        by an expression of another: as Python expressions over the variables."""
+        if not symbols and not equalities:
+            return []
+        from torch.utils._sympy.printers import PythonPrinter
+
+        conditions = list(equalities)
+        values = [_val(n) for n in _placeholders(gm)]
+        fake_mode = torch._guards.detect_fake_mode([v for v in values if v is not None])
+        if fake_mode is not None and fake_mode.shape_env is not None:
+            conditions += [guard.expr for guard in fake_mode.shape_env.guards]
+        for symbol, bounds in (getattr(gm, "range_constraints", None) or {}).items():
+            if isinstance(bounds.lower, sympy.Integer) and bounds.lower > 2:
+                conditions.append(sympy.Ge(symbol, bounds.lower))
+            if isinstance(bounds.upper, sympy.Integer):
+                conditions.append(sympy.Le(symbol, bounds.upper))
+        known = set(symbols) | set(readable)
+        printer = PythonPrinter()
+        guards, seen = [], set()
+        for condition in conditions:
+            if not condition.free_symbols <= known:
+                continue  # a size that is no input's (a data-dependent one): checked in the graph
+            condition = condition.xreplace(symbols)
+            code = printer.doprint(condition)
+            if code not in seen:
+                seen.add(code)
+                guards.append((code, printer.doprint(condition.xreplace(readable))))
+        return guards
+
+    def follow(self, name: str, tensor: torch.Tensor) -> None:
+        """Inputs of ``tensor``'s dtype (device) in the example must keep having the dtype (device)
+        the module's ``name`` tensor has at the call: a model converted with ``.to()`` takes
+        inputs converted likewise."""
+        self.reference_tensor = name
+        for expected in self.expected:
+            if isinstance(expected, _ExpectedTensor):
+                expected.follows_dtype = expected.dtype == tensor.dtype
+                expected.follows_device = expected.device == tensor.device
+
+    def leaves(self, args: tuple, kwargs: dict) -> list:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.structure.spec:
+            shown = pytree.tree_unflatten(self.names, self.structure.spec)[0]
+            got = pytree.tree_map(lambda v: type(v).__name__, (args, kwargs))
+            raise ValueError(
+                f"fused {self.model}: expected the inputs structured as the example_inputs were, "
+                f"positional {shown} and no keywords; got positional {got[0]}"
+                + (f" and keywords {got[1]}" if kwargs else ""))
+        return leaves
+
+    def check(self, module: nn.Module, inputs) -> None:
+        reference = _attribute_at(module, self.reference_tensor) if self.reference_tensor else None
+        for name, expected, x in zip(self.names, self.expected, inputs):
+            if isinstance(expected, _ExpectedTensor):
+                self._check_tensor(name, expected, x, reference)
+            elif expected is not None and x != expected:
+                raise ValueError(f"fused {self.model}: input {name} is {x!r}; the model was fused for {expected!r} "
+                                 f"and computes that value only: fuse it again with {name}={x!r}")
+        if self.guards:
+            sizes = [inputs[index].shape[dim] for _, index, dim in self.variables]
+            if not self._all_guards(*sizes):
+                self._explain_guard_failure(inputs, sizes)
+
+    def _check_tensor(self, name: str, expected: _ExpectedTensor, x, reference) -> None:
+        prefix = f"fused {self.model}: input {name}"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{prefix} must be a tensor, got {type(x).__name__}")
+        if x.dim() != expected.rank:
+            raise ValueError(f"{prefix} has {x.dim()} dims (shape {list(x.shape)}), the model expects "
+                             f"{expected.rank} ({self._shape(expected)})")
+        for dim, size in expected.fixed.items():
+            if x.shape[dim] != size:
+                if dim == 1 and expected.rank == 4:
+                    raise ValueError(f"{prefix} has {x.shape[1]} channels, the model expects {size}")
+                remedy = expected.remedies[dim]
+                raise ValueError(f"{prefix} has size {x.shape[dim]} in dim {dim} (shape {list(x.shape)}), the "
+                                 f"model expects {size} ({self._shape(expected)})" + (f": {remedy}" if remedy else ""))
+        if reference is None:
+            return
+        if expected.follows_dtype and x.dtype != reference.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"{prefix} has dtype {x.dtype}, the model computes in {reference.dtype} (the dtype it "
+                            f"was fused in or converted to): convert the input with .to({reference.dtype}), or the "
+                            f"model with .to({x.dtype})")
+        if expected.follows_device and x.device != reference.device:
+            raise ValueError(f"{prefix} is on {x.device}, the model's tensors are on {reference.device}: move the "
+                             f"input there")
+
+    @staticmethod
+    def _shape(expected: _ExpectedTensor) -> str:
+        return "[" + ", ".join(str(expected.fixed.get(d, "N" if d == 0 else "*")) for d in range(expected.rank)) + "]"
+
+    def _explain_guard_failure(self, inputs, sizes) -> None:
+        failed = [readable for guard, readable in self._each_guard if not guard(*sizes)]
+        variable_inputs = sorted({i for _, i, _ in self.variables})
+        shapes = ", ".join(f"{self.names[i]} {list(inputs[i].shape)}" for i in variable_inputs)
+        raise ValueError(
+            f"fused {self.model}: the input sizes ({shapes}) break what the captured graph relies on: "
+            f"{failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "") + ". The graph was "
+            f"captured from the example's sizes; fuse the model again with an example of these sizes")
+
+
+def _attribute_at(module: nn.Module, qualified_name: str):
+    *path, name = qualified_name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return getattr(module, name)
+
+
+def _first_floating_tensor_read(gm: fx.GraphModule):
+    """(name, tensor) of the first floating-point parameter or buffer the graph reads, or None:
+    what the model computes in."""
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = _attribute_at(gm, node.target)
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                return node.target, value
     return None
+
+
+def _check_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """The fused module's forward pre-hook."""
+    expected = module._expected_inputs
+    if (kwargs or not expected.plain or len(args) != expected.arity
+            or any(type(a) is not torch.Tensor for a in args)):
+        args = expected.leaves(args, kwargs)
+    expected.check(module, args)
+
+
+# --- the fused module ------------------------------------------------------------------------------
+
+_SWITCH_FROM = {
+    False: "it was fused in eval mode, its BatchNorms folded into the convolutions, and cannot compute train "
+           "mode (batch statistics and their running averages): to train, fuse the model in train mode, "
+           "so.fuse(model.train(), example_inputs)",
+    True: "it was fused in train mode (BatchNorms normalize with batch statistics) and cannot compute eval "
+          "mode: for inference, fuse the model in eval mode, so.fuse(model.eval(), example_inputs), which "
+          "also folds its BatchNorms",
+}
+
+# Attributes GraphModule's constructor and recompile() make from the graph.
+_FROM_GRAPH = frozenset({"_graph", "_code", "_lineno_map", "_prologue_start", "_in_spec", "_out_spec"})
+# nn.Module's hook registries: the saved ones replace the constructor's empty ones.
+_HOOKS = frozenset({"_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+                    "_backward_hooks", "_is_full_backward_hook", "_state_dict_hooks", "_state_dict_pre_hooks",
+                    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"})
+
+
+class FusedModule(fx.GraphModule):
+    """What ``so.fuse`` returns: the rewritten graph, the model's tensors it reads, ``fuse_report``,
+    and a forward pre-hook checking each call's inputs against the example's. It computes the
+    mode it was fused in (``training``); ``train()`` / ``eval()`` to that mode are no-ops, to the
+    other they raise. Copies (``copy.copy``, which shares its tensors, and ``copy.deepcopy``) and
+    pickling (``torch.save``) rebuild it from its graph's nodes, with its hooks, attributes and
+    the kinds of its tensors (parameter, buffer, non-persistent buffer, plain attribute)."""
+
+    def __init__(self, source: nn.Module, graph: fx.Graph, state: dict):
+        super().__init__(source, graph, class_name="FusedModule")
+        _keep_attribute_kinds(source, self)
+        for name, value in state.items():
+            if name not in self.__dict__ or name in _HOOKS:
+                self.__dict__[name] = value
+        for module in self.modules():
+            module.training = self.fuse_report.training
+        _read_tensors_through_properties(self)
+
+    def train(self, mode: bool = True) -> FusedModule:
+        if mode != self.fuse_report.training:
+            raise RuntimeError(f"fused {self._expected_inputs.model}: {_SWITCH_FROM[self.fuse_report.training]}")
+        return super().train(mode)
+
+    def __reduce__(self):
+        return _load_fused_module, (_saved_state(self), _GraphRecipe.of(self.graph))
+
+    def __copy__(self) -> FusedModule:
+        state = {name: copy.copy(value) if name in _HOOKS else value for name, value in _saved_state(self).items()}
+        return FusedModule(self, _GraphRecipe.of(self.graph).graph(), state)
+
+    def __deepcopy__(self, memo):
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        state = copy.deepcopy(_saved_state(self), memo)
+        FusedModule.__init__(copied, _module_of(state), _GraphRecipe.of(self.graph).graph(), state)
+        return copied
+
+
+def _saved_state(fused: FusedModule) -> dict:
+    return {name: value for name, value in fused.__dict__.items() if name not in _FROM_GRAPH}
+
+
+def _module_of(state: dict) -> nn.Module:
+    module = nn.Module()
+    module.__dict__.update(state)
+    return module
+
+
+def _load_fused_module(state: dict, recipe: _GraphRecipe) -> FusedModule:
+    return FusedModule(_module_of(state), recipe.graph(), state)
+
+
+def _keep_attribute_kinds(source: nn.Module, fused: nn.Module) -> None:
+    """GraphModule's constructor registers every tensor the graph reads that is not a parameter
+    as a persistent buffer: the non-persistent buffers and the plain tensor attributes (the
+    constants torch.export lifts) of ``source`` get their kind back, and so the state_dict its keys."""
+    for node in fused.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        path, _, name = node.target.rpartition(".")
+        owner, source_owner = fused.get_submodule(path), source.get_submodule(path)
+        if name not in owner._buffers:
+            continue
+        if name in source_owner._non_persistent_buffers_set:
+            owner._non_persistent_buffers_set.add(name)
+        elif name not in source_owner._buffers:
+            value = owner._buffers.pop(name)
+            setattr(owner, name, value)
+
+
+@dataclass(frozen=True)
+class _NodeRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class _OpRef:
+    """A registered op by name (op overloads do not pickle); resolved when the graph is rebuilt,
+    where this library's ops are registered by the import that unpickling does."""
+
+    qualified_name: str
+    overload: str
+
+    def resolve(self):
+        namespace, name = self.qualified_name.split("::")
+        try:
+            return getattr(getattr(getattr(torch.ops, namespace), name), self.overload)
+        except AttributeError as error:
+            raise RuntimeError(
+                f"loading a fused module: its graph calls {self.qualified_name}.{self.overload}, which is not "
+                f"registered; import the library that defines it before loading") from error
+
+
+class _Structure:
+    """A pytree spec as an object of its structure, leaves 0: what pickles on any torch version
+    (a pickled spec is a torch-version-specific object)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __getstate__(self):
+        return {"example": pytree.tree_unflatten([0] * self.spec.num_leaves, self.spec)}
+
+    def __setstate__(self, state):
+        self.spec = pytree.tree_flatten(state["example"])[1]
+
+
+@dataclass
+class _GraphRecipe:
+    """A graph as its nodes' ops, names, targets and arguments, and its input and output
+    structure: what rebuilds it."""
+
+    nodes: list
+    structure: tuple | None  # forward's argument names and the input and output specs
+
+    @classmethod
+    def of(cls, graph: fx.Graph) -> _GraphRecipe:
+        nodes = []
+        for node in graph.nodes:
+            target = node.target
+            if isinstance(target, torch._ops.OpOverload):
+                target = _OpRef(target._schema.name, target._overloadname)
+            args, kwargs = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), lambda n: _NodeRef(n.name))
+            nodes.append((node.op, node.name, target, _plain(args), _plain(kwargs)))
+        info = getattr(graph._codegen, "pytree_info", None)
+        structure = None if info is None else (
+            list(info.orig_args), _Structure(info.in_spec), _Structure(info.out_spec))
+        return cls(nodes, structure)
+
+    def graph(self) -> fx.Graph:
+        graph = fx.Graph()
+        made = {}
+        for op, name, target, args, kwargs in self.nodes:
+            if isinstance(target, _OpRef):
+                target = target.resolve()
+            args, kwargs = fx.node.map_aggregate(
+                (args, kwargs), lambda a: made[a.name] if isinstance(a, _NodeRef) else a)
+            made[name] = graph.create_node(op, target, tuple(args), dict(kwargs), name=name)
+        if self.structure is not None:
+            from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
+
+            names, inputs, outputs = self.structure
+            graph._codegen = _PyTreeCodeGen(_PyTreeInfo(names, inputs.spec, outputs.spec))
+        return graph
+
+
+def _plain(value):
+    """fx's immutable containers as plain ones, which pickle without fx."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        items = [_plain(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _val(node):

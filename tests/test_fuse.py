@@ -438,24 +438,17 @@ class DataDependent(nn.Module):
         return x
 
 
-def test_batch_of_one_example_specializes_the_batch_size():
-    model = ConvShuffleConv(wrap(SHUFFLES["torch.channel_shuffle"]), True, True).eval()
-    fused = so.fuse(model, torch.randn(1, 12, 4, 4))
-    assert_same_function(model, fused, torch.randn(1, 12, 4, 4), train=False)
-    with pytest.raises(AssertionError, match="size"):
-        fused(torch.randn(2, 12, 4, 4))
-
-
 @pytest.mark.parametrize("call", ["two-tensors", "keyword", "list"])
-def test_calls_of_another_structure_get_torch_exports_error(call):
-    # A call with the exported structure skips torch.export's per-call pytree check; any other
-    # call must still get it, with its error.
+def test_calls_of_another_structure_are_refused(call):
+    # A call of plain tensors skips the pytree check of the structure; any other call must still
+    # get it, with an error naming what the model takes.
     model = ConvShuffleConv(wrap(SHUFFLES["torch.channel_shuffle"]), True, True).eval()
     x = torch.randn(2, 12, 4, 4)
     fused = so.fuse(model, x)
     assert_same_function(model, fused, x, train=False)
     calls = {"two-tensors": lambda: fused(x, x), "keyword": lambda: fused(x=x), "list": lambda: fused([x])}
-    with pytest.raises(ValueError, match=r"tree spec|keyword mismatch"):
+    with pytest.raises(ValueError, match=r"expected the inputs structured as the example_inputs were, positional "
+                                         r"\('x',\) and no keywords"):
         calls[call]()
 
 
@@ -683,10 +676,12 @@ def test_deepcopy_keeps_report_behaviour_and_owns_its_parameters(mode):
     assert_same_function(model, copied, torch.randn(3, 3, 32, 32), train=mode == "train")
     with torch.no_grad():
         torch.testing.assert_close(copied(x), fused(x), atol=0, rtol=0)
-    # It stays an exported module: train()/eval() and a call of another structure are refused as before.
-    with pytest.raises(NotImplementedError):
-        copied.eval()
-    with pytest.raises(ValueError, match=r"tree spec|keyword mismatch"):
+    # It keeps its mode and its input checks: a switch to the other mode and a call of another
+    # structure are refused as before.
+    with pytest.raises(RuntimeError, match=f"fused in {mode} mode"):
+        copied.train(mode != "train")
+    assert copied.train(mode == "train") is copied and copied.training == (mode == "train")
+    with pytest.raises(ValueError, match="structured as the example_inputs"):
         copied(x, x)
     # A copy of the copy keeps all of it too.
     again = copy.deepcopy(copied)

@@ -204,12 +204,7 @@ def test_zoo_model(exporter, tmp_path):
     assert_exports(model, image_batch, exporter, tmp_path / "zoo.onnx", atol=1e-4)
 
 
-FUSED_LEGACY_TRAIN = pytest.mark.xfail(
-    strict=True, raises=NotImplementedError,
-    reason="the TorchScript exporter calls model.train(False), which a fused module (a torch.export module) refuses")
-
-
-@pytest.mark.parametrize("exporter", [EXPORTERS[0], pytest.param(EXPORTERS[1], marks=FUSED_LEGACY_TRAIN)])
+@pytest.mark.parametrize("exporter", EXPORTERS)
 def test_fused_stock_shufflenet(exporter, tmp_path):
     """At the export's batch size the classifier is so.fuse's small_batch_linear; torch.export traces
     it (and the TorchScript exporter the branch the example takes) into stock ops."""
@@ -230,7 +225,7 @@ class ResidualBlock(nn.Module):
         return F.relu(self.bn(self.conv(x)) + x)
 
 
-@pytest.mark.parametrize("exporter", [EXPORTERS[0], pytest.param(EXPORTERS[1], marks=FUSED_LEGACY_TRAIN)])
+@pytest.mark.parametrize("exporter", EXPORTERS)
 def test_fused_add_relu(exporter, tmp_path):
     block = randomize_batch_norms(ResidualBlock()).eval()
     make_inputs = lambda n: {"x": randn(n, 6, 5, 7, seed=n)}  # noqa: E731
