@@ -227,7 +227,10 @@ def check_model_input(x, model: str, stem_weight: torch.Tensor, *, training: boo
     pixel high and wide. In training, the last stage (``downsampling`` times smaller, rounded up)
     must keep more than one value per channel for its BatchNorms' batch statistics. One check at
     the network's entry, so that a mistake is told in the user's terms, not those of an op deep
-    inside."""
+    inside. Not under TorchScript tracing (the legacy ONNX exporter), which would record the
+    shape comparisons as constants, with a warning each."""
+    if torch.jit.is_tracing():
+        return
     channels = stem_weight.shape[1]
     expected = f"[N, {channels}, H, W]"
     if not isinstance(x, torch.Tensor):

@@ -602,7 +602,10 @@ def _first_floating_tensor_read(gm: fx.GraphModule):
 
 
 def _check_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    """The fused module's forward pre-hook."""
+    """The fused module's forward pre-hook. Not under TorchScript tracing (the legacy ONNX
+    exporter), which would record the checks' shape comparisons as constants, with a warning each."""
+    if torch.jit.is_tracing():
+        return
     expected = module._expected_inputs
     if (kwargs or not expected.plain or len(args) != expected.arity
             or any(type(a) is not torch.Tensor for a in args)):
@@ -1352,8 +1355,9 @@ SMALL_BATCH = 4
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for a 2-D ``x``; up to ``SMALL_BATCH`` rows as ``pointwise_group_conv``
     where ``bias`` is None or one value per output feature (``F.linear`` broadcasts others)."""
-    # Under torch.compile a branch on the batch size would compile one graph per side of it.
-    if (torch.compiler.is_compiling() or x.shape[0] > SMALL_BATCH
+    # Under torch.compile a branch on the batch size would compile one graph per side of it;
+    # a TorchScript trace would keep the example's side for every batch.
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or x.shape[0] > SMALL_BATCH
             or (bias is not None and bias.shape != weight.shape[:1])):
         return torch.nn.functional.linear(x, weight, bias)
     images = pointwise_group_conv(x[:, :, None, None], weight[:, :, None, None], bias)
