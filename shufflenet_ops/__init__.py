@@ -13,6 +13,7 @@ from . import batching  # noqa: F401,E402  (registers the ops' torch.vmap rules)
 from . import flops, models, nn  # noqa: E402  (flops registers the ops' FLOP formulas)
 from .fuse import FusedModule, FuseError, fuse  # noqa: E402
 from . import onnx  # noqa: F401,E402  (registers the ops' ONNX translations)
+from .saving import save  # noqa: E402
 
 __all__ = [
     "available_backends",
@@ -28,5 +29,6 @@ __all__ = [
     "onnx",
     "pointwise_group_conv",
     "reference",
+    "save",
     "stem_conv3x3_maxpool",
 ]

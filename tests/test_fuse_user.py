@@ -146,6 +146,24 @@ def test_torch_save_and_load_round_trip(mode, tmp_path):
             torch.testing.assert_close(again(x), loaded(x), atol=0, rtol=0)
 
 
+def test_so_save_leaves_no_partial_file(tmp_path):
+    """torch.save creates its file before it pickles: a module that fails to pickle (here a lambda
+    hook) leaves a truncated file. so.save writes the whole file or leaves the path as it was."""
+    model = stock_model("eval")
+    fused = so.fuse(copy.deepcopy(model), image(1))
+    path = tmp_path / "fused.pt"
+    so.save(fused, path)
+    assert_same_function(model, torch.load(path, weights_only=False), image(3, seed=2), train=False)
+    saved = path.read_bytes()
+    fused.register_forward_hook(lambda module, args, out: out)
+    with pytest.raises(Exception, match="lambda"):
+        so.save(fused, path)
+    assert path.read_bytes() == saved, "the earlier file is left as it was"
+    with pytest.raises(Exception, match="lambda"):
+        so.save(fused, tmp_path / "new.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.pt"], "no partial file left behind"
+
+
 def test_a_saved_fused_model_loads_in_a_process_that_never_imported_the_library(tmp_path):
     model = stock_model("eval")
     fused = so.fuse(copy.deepcopy(model), image(1))
